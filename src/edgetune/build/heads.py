@@ -1,0 +1,82 @@
+"""Heads: the small networks trained on the device, as ONNX graphs.
+
+A head maps a batch of features [N, F] to logits [N, classes]. The class dimension of
+its parameters is declared symbolic ("classes"), so one bundle serves any number of
+classes; `classes` only sets the initial values' size.
+
+    model, shapes = SoftmaxClassifier(4).build(features_shape=[1280])
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from edgetune.autodiff import GraphBuilder
+from edgetune.build.losses import Loss, MultiClassHinge, SoftmaxCrossEntropy
+
+CLASSES = "classes"
+
+
+@dataclass
+class Head:
+    classes: int = 2
+    seed: int = 0
+
+    def default_loss(self) -> Loss:
+        return SoftmaxCrossEntropy()
+
+    def config(self) -> dict:
+        return {"name": type(self).__name__, **asdict(self)}
+
+    def build(self, features_shape: list[int]) -> tuple[onnx.ModelProto, dict[str, list]]:
+        """The head graph and its parameters' declared shapes (class dim symbolic)."""
+        b = GraphBuilder()
+        features = b.input("features", np.float32, ["N", *features_shape])
+        x = b.Flatten(features, axis=1) if len(features_shape) != 1 else features
+        rng = np.random.default_rng(self.seed)
+        logits, shapes = self.layers(b, x, int(np.prod(features_shape)), rng)
+        return b.model({"logits": logits}, name=type(self).__name__), shapes
+
+    def layers(self, b, x, dim, rng):
+        raise NotImplementedError
+
+
+def _linear(b, x, name, fan_in, fan_out, rng, scale, out_dim):
+    w = b.initializer(f"{name}.weight",
+                      (rng.standard_normal((fan_in, fan_out)) * scale).astype(np.float32))
+    bias = b.initializer(f"{name}.bias", np.zeros(fan_out, np.float32))
+    shapes = {w.name: [fan_in, out_dim], bias.name: [out_dim]}
+    return b.Gemm(x, w, bias), shapes
+
+
+@dataclass
+class SoftmaxClassifier(Head):
+    """One linear layer; softmax cross-entropy. Starts at zero (training is convex)."""
+
+    def layers(self, b, x, dim, rng):
+        return _linear(b, x, "head", dim, self.classes, rng, 0.0, CLASSES)
+
+
+@dataclass
+class LinearSVM(SoftmaxClassifier):
+    """One linear layer trained with the multi-class hinge loss."""
+
+    def default_loss(self) -> Loss:
+        return MultiClassHinge()
+
+
+@dataclass
+class MLP(Head):
+    """One hidden ReLU layer (He-initialized), then a linear layer to the classes."""
+
+    hidden: int = 128
+
+    def layers(self, b, x, dim, rng):
+        h, shapes = _linear(b, x, "hidden", dim, self.hidden, rng, np.sqrt(2.0 / dim),
+                            self.hidden)
+        logits, out_shapes = _linear(b, b.Relu(h), "head", self.hidden, self.classes, rng,
+                                     np.sqrt(1.0 / self.hidden), CLASSES)
+        return logits, {**shapes, **out_shapes}
