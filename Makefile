@@ -21,7 +21,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
-	$(PY) -m ruff format --check src tests bench
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py

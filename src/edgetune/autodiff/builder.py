@@ -255,7 +255,8 @@ class GraphBuilder:
         inits = [t for name, t in self.initializers.items() if name in used]
         return helper.make_graph(nodes, name, self.inputs, out_infos, inits)
 
-    def model(self, outputs: Mapping[str, Var], name: str = "edgetune", **kwargs) -> onnx.ModelProto:
+    def model(self, outputs: Mapping[str, Var], name: str = "edgetune",
+              **kwargs) -> onnx.ModelProto:
         return make_model(self.graph(outputs, name, **kwargs))
 
 
@@ -267,7 +268,8 @@ def make_model(graph: onnx.GraphProto, infer: bool = True) -> onnx.ModelProto:
     if infer:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         # Fill in the output types that inference found, keep the rest as is.
-        types = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        known = list(inferred.graph.value_info) + list(inferred.graph.output)
+        types = {v.name: v.type for v in known}
         for out in model.graph.output:
             if not out.type.HasField("tensor_type") and out.name in types:
                 out.type.CopyFrom(types[out.name])

@@ -1,0 +1,93 @@
+"""Run training-step graphs with a stock onnxruntime: the device side of a step.
+
+A GraphTrainer holds the parameters and optimizer state as numpy arrays, feeds them
+to the `train` graph (one mini-batch per call) or the `train_epoch` graph (a whole
+epoch per call) and takes the updated values back. It knows graphs only by tensor
+names, as a bundle's manifest gives them.
+
+    trainer = GraphTrainer(train_bytes, params, state, io, epoch=epoch_bytes, lr=0.1)
+    losses = trainer.epoch(features, labels, batch_size=32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+
+def make_session(model: bytes | str, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session; `threads=1` for predictable benchmarks."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class GraphTrainer:
+    """Holds parameters and optimizer state; runs `train` / `train_epoch` graphs.
+
+    params, state: train-graph input name -> initial value (state defaults to zeros);
+    io: train-graph input name -> the output name that carries its updated value.
+    """
+
+    def __init__(self, train: bytes | str, params: Mapping[str, np.ndarray],
+                 state: Mapping[str, np.ndarray] | None, io: Mapping[str, str], *,
+                 epoch: bytes | str | None = None, lr: float = 0.01, threads: int | None = None):
+        self.values = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
+        self.values.update({k: np.ascontiguousarray(v, np.float32)
+                            for k, v in (state or {}).items()})
+        self.io = dict(io)
+        self.lr = lr
+        self.step_count = 0  # steps taken; the graph's `step` input is this + 1
+        self._train = make_session(train, threads)
+        self._epoch = make_session(epoch, threads) if epoch is not None else None
+        missing = [n for n in self.io if n not in self.values]
+        if missing:
+            raise ValueError(f"no initial value for graph inputs {missing}")
+
+    def _run(self, session: ort.InferenceSession, feeds: dict, first_output: str):
+        names = [first_output, *self.io.values()]
+        first, *updated = session.run(names, {**feeds, **self.values})
+        for name, value in zip(self.io, updated, strict=True):
+            self.values[name] = value
+        return first
+
+    def _data(self, features, labels, sample_weight) -> dict:
+        features = np.ascontiguousarray(features, np.float32)
+        labels = np.ascontiguousarray(labels, np.int64)
+        if sample_weight is None:
+            sample_weight = np.ones(len(labels), np.float32)
+        if len(features) != len(labels) or len(labels) != len(sample_weight):
+            raise ValueError(f"features ({len(features)}), labels ({len(labels)}) and sample "
+                             f"weights ({len(sample_weight)}) need one row per sample")
+        return {"features": features, "labels": labels,
+                "sample_weight": np.ascontiguousarray(sample_weight, np.float32)}
+
+    def step(self, features, labels, sample_weight=None, lr: float | None = None) -> float:
+        """One optimizer step on one mini-batch; returns its loss."""
+        feeds = self._data(features, labels, sample_weight)
+        feeds["lr"] = np.array(self.lr if lr is None else lr, np.float32)
+        feeds["step"] = np.array(self.step_count + 1, np.int64)
+        loss = self._run(self._train, feeds, "loss")
+        self.step_count += 1
+        return float(loss)
+
+    def epoch(self, features, labels, sample_weight=None, batch_size: int = 32,
+              lr: float | None = None) -> np.ndarray:
+        """Consecutive mini-batches of `batch_size` rows (the last may be smaller) in one
+        call; returns the loss of each. Shuffle the rows before calling."""
+        if self._epoch is None:
+            raise ValueError("this trainer has no train_epoch graph")
+        if batch_size < 1:
+            raise ValueError(f"batch_size is {batch_size}; it must be at least 1")
+        feeds = self._data(features, labels, sample_weight)
+        feeds["lr"] = np.array(self.lr if lr is None else lr, np.float32)
+        feeds["step"] = np.array(self.step_count + 1, np.int64)
+        feeds["batch_size"] = np.array(batch_size, np.int64)
+        losses = self._run(self._epoch, feeds, "losses")
+        self.step_count += len(losses)
+        return losses
