@@ -1,0 +1,39 @@
+"""Exceptions raised by the edgetune runtime.
+
+Every error the runtime raises on purpose derives from :class:`EdgetuneError`, so
+an application can catch them all in one place::
+
+    try:
+        image = load_image("photo.jpg")
+    except EdgetuneError as e:
+        show_to_user(str(e))    # messages name the input and the fix
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadInputError",
+    "CorruptCheckpointError",
+    "EdgetuneError",
+    "IncompatibleCheckpointError",
+]
+
+
+class EdgetuneError(Exception):
+    """Base class of the errors the edgetune runtime raises on purpose."""
+
+
+class BadInputError(EdgetuneError, ValueError):
+    """An input cannot be used: a bad image, an unknown class, a wrong shape or dtype.
+
+    Also a :class:`ValueError`, so code that already catches ``ValueError`` keeps working.
+    """
+
+
+class CorruptCheckpointError(EdgetuneError):
+    """A checkpoint file is damaged: truncated, a failed hash, or not a safetensors file."""
+
+
+class IncompatibleCheckpointError(EdgetuneError):
+    """A checkpoint is intact but does not fit: missing or extra tensors, other shapes or
+    dtypes than expected, or a format version this runtime does not read."""
