@@ -172,13 +172,14 @@ class GraphBuilder:
         self.nodes.append(node)
 
     def inline(self, graph: onnx.GraphProto, inputs: Mapping[str, Var],
-               prefix: str = "") -> list[Var]:
+               prefix: str | None = None) -> list[Var]:
         """Copy a graph's nodes in, reading `inputs` for its inputs; returns its outputs.
 
-        Internal tensor names get `prefix` (default: a fresh one) so that one graph
-        can be inlined many times; its initializers become this builder's.
+        Internal tensor names get `prefix` (default: a fresh one, so that one graph can
+        be inlined many times; "" keeps the names); its initializers become this
+        builder's.
         """
-        prefix = prefix or self.fresh("inl") + "/"
+        prefix = self.fresh("inl") + "/" if prefix is None else prefix
         rename = {name: v.name for name, v in inputs.items()}
         rename[""] = ""
         for t in graph.initializer:

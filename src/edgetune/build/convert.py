@@ -1,0 +1,325 @@
+"""convert(): a base and a head become a bundle that any ONNX runtime can train.
+
+The base is cut where training starts. With `trainable="head"` the cut is the base's
+output (features are cached once per sample); with `"last:K"` or `"bias:K"` the cut
+moves before the last K blocks, whose input activations are cached instead, and those
+blocks join the head in the training graphs (all their weights, or only their biases
+and normalization scales).
+
+    bundle = convert(base="efficientnet-lite0", head=SoftmaxClassifier(4),
+                     optimizer=Adam(lr=1e-3), trainable="last:1")
+    bundle.save("model.edgetune")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx.utils import Extractor
+from safetensors.numpy import save as save_safetensors
+
+from edgetune import __version__
+from edgetune.autodiff import OPSET, GraphBuilder
+from edgetune.build import bases
+from edgetune.build.heads import MLP, Head, LinearSVM, SoftmaxClassifier
+from edgetune.build.losses import Loss
+from edgetune.build.optimizers import OPTIMIZERS, Optimizer
+from edgetune.build.train_graph import TrainingGraphs, build_training_graphs
+from edgetune.bundle import Bundle
+
+ZOO = {"efficientnet-lite0": bases.efficientnet_lite0}
+
+# Which inputs of which ops hold trainable tensors, and of what kind; "bias:K" trains
+# only the "bias" and "scale" kinds. BatchNorm statistics are never trained.
+TRAINABLE_INPUTS = {
+    "Conv": {1: "weight", 2: "bias"},
+    "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {0: "weight", 1: "weight", 2: "bias"},
+    "MatMul": {0: "weight", 1: "weight"},
+    "BatchNormalization": {1: "scale", 2: "bias"},
+    "LayerNormalization": {1: "scale", 2: "bias"},
+}
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What is trained: "head", "last:K" or "bias:K"."""
+
+    mode: str = "head"
+    blocks: int = 0
+
+    @classmethod
+    def parse(cls, text: str | Trainable) -> Trainable:
+        if isinstance(text, Trainable):
+            return text
+        match = re.fullmatch(r"(head)|(last|bias):([1-9][0-9]*)", str(text).strip())
+        if not match:
+            raise ValueError(f"trainable {text!r} is not one of: head, last:K, bias:K "
+                             f"(K a positive number of blocks, e.g. last:1)")
+        return cls("head") if match.group(1) else cls(match.group(2), int(match.group(3)))
+
+    def __str__(self) -> str:
+        return self.mode if self.mode == "head" else f"{self.mode}:{self.blocks}"
+
+
+def resolve_head(head: Head | str | os.PathLike | None, classes: int | None) -> Head | Path:
+    """A Head, or the path of a user's ONNX head graph, from an object or CLI text."""
+    if isinstance(head, Head):
+        return head
+    text = "softmax" if head is None else os.fspath(head)
+    n = classes or 2
+    if text == "softmax":
+        return SoftmaxClassifier(n)
+    if text == "svm":
+        return LinearSVM(n)
+    if re.fullmatch(r"mlp(:\d+)?", text):
+        return MLP(n, hidden=int(text.split(":")[1]) if ":" in text else 128)
+    if text.endswith(".onnx"):
+        if not Path(text).is_file():
+            raise ValueError(f"head graph {text} does not exist")
+        return Path(text)
+    raise ValueError(f"head {text!r} is not one of: softmax, mlp:HIDDEN, svm, HEAD.onnx")
+
+
+def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
+                      weight_decay: float | None) -> Optimizer:
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    name = optimizer or "sgd"
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is not one of {sorted(OPTIMIZERS)}")
+    kwargs = {}
+    if lr is not None:
+        kwargs["lr"] = lr
+    if weight_decay is not None:
+        kwargs["weight_decay"] = weight_decay
+    return OPTIMIZERS[name](**kwargs)
+
+
+def load_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = None,
+              cache_dir: str | os.PathLike | None = None) -> tuple[onnx.ModelProto, str]:
+    """The base as a ModelProto cut at `cut`, and its name for the manifest."""
+    if isinstance(base, onnx.ModelProto):
+        return base, "model"
+    text = os.fspath(base)
+    if text in ZOO:
+        model = onnx.load(os.fspath(ZOO[text](cache_dir)))
+        if cut is not None:
+            model = _extract(model, [model.graph.input[0].name], [cut])
+        return model, text
+    if text.endswith(".onnx") or Path(text).is_file():
+        if not Path(text).is_file():
+            raise ValueError(f"base model {text} does not exist")
+        return bases.onnx_file_base(text, cut), Path(text).name
+    raise ValueError(f"base {text!r} is neither a known base ({', '.join(ZOO)}) nor an ONNX "
+                     f"file")
+
+
+def _extract(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    sub = Extractor(inferred).extract_model(inputs, outputs)
+    sub.ir_version = model.ir_version
+    del sub.graph.value_info[:]
+    return sub
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in vi.type.tensor_type.shape.dim]
+
+
+def _tensor_dims(model: onnx.ModelProto, name: str) -> list:
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        if vi.name == name:
+            return _dims(vi)
+    raise ValueError(f"cannot infer the shape of {name!r}")
+
+
+def _trainable_tensors(graph: onnx.GraphProto, kinds: set[str]) -> list[str]:
+    inits = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    found: list[str] = []
+    for node in graph.node:
+        for index, kind in TRAINABLE_INPUTS.get(node.op_type, {}).items():
+            if index < len(node.input) and node.input[index] in inits and kind in kinds:
+                if node.input[index] not in found:
+                    found.append(node.input[index])
+    return found
+
+
+def _head_model(head: Head | Path, features_shape: list) -> tuple[onnx.ModelProto, dict, list]:
+    """The head graph, its declared parameter shapes and its parameter names."""
+    if isinstance(head, Head):
+        model, shapes = head.build(features_shape)
+        return model, shapes, [t.name for t in model.graph.initializer]
+    model = onnx.load(os.fspath(head))
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or not model.graph.output:
+        raise ValueError(f"head graph {head} needs one input (the features) and an output "
+                         f"(the logits); it has inputs {[i.name for i in inputs]}")
+    names = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    return model, {}, names
+
+
+def _compose(tail: onnx.ModelProto | None, cut: str, cut_shape: list,
+             head_model: onnx.ModelProto) -> onnx.ModelProto:
+    """One head graph: the base's trained blocks (if any) followed by the head."""
+    b = GraphBuilder()
+    x = b.input("features", np.float32, ["N", *cut_shape])
+    if tail is not None:
+        (x,) = b.inline(tail.graph, {cut: x}, prefix="base/")
+    head_input = next(i.name for i in head_model.graph.input
+                      if i.name not in {t.name for t in head_model.graph.initializer})
+    logits = b.inline(head_model.graph, {head_input: x}, prefix="")[0]
+    return b.model({"logits": logits}, name="head")
+
+
+def _io_names(model: onnx.ModelProto) -> tuple[str, str]:
+    inits = {t.name for t in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits), \
+        model.graph.output[0].name
+
+
+def _serialize(model: onnx.ModelProto) -> bytes:
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
+            head: Head | str | os.PathLike | None = None,
+            optimizer: Optimizer | str | None = None, *, loss: Loss | None = None,
+            trainable: str | Trainable = "head", cut: str | None = None,
+            classes: int | None = None, lr: float | None = None,
+            weight_decay: float | None = None, l2: float = 0.0,
+            quantize: str | os.PathLike | None = None,
+            cache_dir: str | os.PathLike | None = None) -> Bundle:
+    """Build a bundle: base (cut where training starts), training graphs, parameters.
+
+    base: "efficientnet-lite0" or an ONNX file (cut at `cut`, default its first output).
+    head: a Head, "softmax", "mlp:HIDDEN", "svm" or a HEAD.onnx graph.
+    trainable: "head", "last:K" (also train the base's last K blocks) or "bias:K"
+    (only their biases and normalization scales). quantize: a folder of calibration
+    images for an int8 base (graph role `base_int8`).
+    """
+    mode = Trainable.parse(trainable)
+    head = resolve_head(head, classes)
+    optimizer = resolve_optimizer(optimizer, lr, weight_decay)
+    base_model, base_name = load_base(base, cut, cache_dir)
+    image_name, features_name = _io_names(base_model)
+
+    tail, cut_name = None, features_name
+    if mode.mode != "head":
+        boundaries = bases.block_boundaries(base_model)
+        if mode.blocks > len(boundaries):
+            raise ValueError(f"trainable {mode}: the base has only {len(boundaries)} blocks")
+        cut_name = boundaries[-mode.blocks]
+        tail = _extract(base_model, [cut_name], [features_name])
+        base_model = _extract(base_model, [image_name], [cut_name])
+    cut_shape = _tensor_dims(base_model, cut_name)[1:]
+    if not all(isinstance(d, int) for d in cut_shape):
+        raise ValueError(f"the cached tensor {cut_name!r} needs a static shape per sample, "
+                         f"got {cut_shape}")
+    features_shape = _tensor_dims(tail, features_name)[1:] if tail else cut_shape
+    head_model, param_shapes, head_params = _head_model(head, features_shape)
+    composite = _compose(tail, cut_name, cut_shape, head_model)
+    trained = list(head_params)
+    if tail is not None:
+        kinds = {"weight", "bias", "scale"} if mode.mode == "last" else {"bias", "scale"}
+        trained = ["base/" + n for n in _trainable_tensors(tail.graph, kinds)] + trained
+    loss = loss or (head.default_loss() if isinstance(head, Head) else
+                    SoftmaxClassifier().default_loss())
+    graphs = build_training_graphs(composite, loss, optimizer, trainable=trained, l2=l2,
+                                   param_shapes=param_shapes)
+    files = {"base.onnx": _serialize(_base_with_features_output(base_model, cut_name)),
+             "train.onnx": _serialize(graphs.train),
+             "train_epoch.onnx": _serialize(graphs.train_epoch),
+             "infer.onnx": _serialize(graphs.infer),
+             "params.safetensors": save_safetensors({k: np.ascontiguousarray(v)
+                                                     for k, v in graphs.initial.items()})}
+    manifest = _manifest(base_model, base_name, image_name, cut_shape, graphs, mode, head,
+                         classes)
+    if quantize is not None:
+        files["base.int8.onnx"], manifest["quantization"] = _quantized_base(
+            files["base.onnx"], quantize)
+        manifest["graphs"]["base_int8"] = {**manifest["graphs"]["base"], "file": "base.int8.onnx"}
+    return Bundle(manifest, files)
+
+
+def _base_with_features_output(model: onnx.ModelProto, cut_name: str) -> onnx.ModelProto:
+    """The base with its output named `features`, so every bundle reads the same."""
+    if cut_name == "features":
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.node.append(onnx.helper.make_node("Identity", [cut_name], ["features"],
+                                                name="edgetune_features"))
+    out.graph.output[0].name = "features"
+    return out
+
+
+def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGraphs,
+              mode: Trainable, head, classes) -> dict:
+    image = next(i for i in base_model.graph.input if i.name == image_name)
+    elem = onnx.helper.tensor_dtype_to_np_dtype(image.type.tensor_type.elem_type).name
+    shape = [d if isinstance(d, int) else None for d in _dims(image)]
+    is_image = elem == "uint8" and len(shape) == 4 and shape[-1] == 3
+    param_of = {f"{p.name}.{slot}": (p.name, slot) for p in graphs.params
+                for slot in graphs.optimizer.slots}
+
+    def graph_entry(file, role):
+        return {"file": file, "sha256": "0" * 64, **graphs.roles[role]}
+
+    initial_classes = next((v.shape[d] for p in graphs.params for d, dim in enumerate(p.shape)
+                            if dim == "classes" for v in [graphs.initial[p.name]]), classes)
+    return {
+        "format": "edgetune.bundle",
+        "version": 1,
+        "opset": OPSET,
+        "created_by": f"edgetune {__version__}",
+        "input": {"name": image_name, "dtype": elem, "shape": shape,
+                  "layout": "NHWC" if is_image else None, "color": "RGB" if is_image else None},
+        "features": {"shape": cut_shape, "dtype": "float32"},
+        "graphs": {
+            "base": {"file": "base.onnx", "sha256": "0" * 64, "inputs": {"image": image_name},
+                     "outputs": {"features": "features"}},
+            "train": graph_entry("train.onnx", "train"),
+            "train_epoch": graph_entry("train_epoch.onnx", "train_epoch"),
+            "infer": graph_entry("infer.onnx", "infer"),
+        },
+        "params": [{"name": p.name, "shape": p.shape, "dtype": "float32",
+                    "train_input": p.train_input, "train_output": p.train_output,
+                    "infer_input": p.infer_input} for p in graphs.params],
+        "state": [{"name": s.name, "param": param_of[s.name][0], "slot": param_of[s.name][1],
+                   "shape": s.shape, "dtype": "float32", "init": "zeros",
+                   "train_input": s.train_input, "train_output": s.train_output}
+                  for s in graphs.state],
+        "init": {"file": "params.safetensors", "sha256": "0" * 64},
+        "classes": {"dimension": "classes", "initial": initial_classes},
+        "base": base_name,
+        "head": head.config() if isinstance(head, Head) else {"name": "onnx",
+                                                               "file": Path(head).name},
+        "loss": graphs.loss.config(),
+        "optimizer": graphs.optimizer.config(),
+        "l2": graphs.l2,
+        "trainable": {"mode": mode.mode, "blocks": mode.blocks,
+                      "params": [p.name for p in graphs.params]},
+    }
+
+
+def _quantized_base(base_bytes: bytes, calibration_dir) -> tuple[bytes, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "base.onnx", Path(tmp) / "base.int8.onnx"
+        fp32.write_bytes(base_bytes)
+        report = bases.quantize_base(fp32, calibration_dir, int8)
+        data = int8.read_bytes()
+    return data, {k: v for k, v in report.items() if isinstance(v, int | float | str)}
+
+
+__all__ = ["Trainable", "convert", "load_base", "resolve_head", "resolve_optimizer"]

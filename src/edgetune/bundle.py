@@ -1,0 +1,328 @@
+"""The bundle format (v1): a directory of plain ONNX graphs, initial parameters and a
+manifest that says how to run them. See docs/bundle-format.md.
+
+This module is read on the device, so it imports no build-time library: a bundle is a
+manifest (a dict) plus the bytes of its files. `Bundle.load` verifies everything
+before anything runs: the manifest's structure and version, every file's sha256, that
+no file escapes the directory, that no ONNX graph points at external data outside
+it, and that the initial parameters match their declared shapes.
+
+    bundle = Bundle.load("model.edgetune")
+    bundle.graph("train")            # verified bytes for onnxruntime.InferenceSession
+    bundle.initial_values()          # {"head.weight": array, ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+
+from edgetune.onnx_scan import ProtobufError, external_data_locations, fields
+from edgetune.runtime.errors import EdgetuneError
+
+FORMAT = "edgetune.bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_ELEMENTS = 1 << 28  # one declared tensor; larger is a hostile or broken manifest
+REQUIRED_GRAPHS = ("base", "train", "infer")
+GRAPH_ROLES = {
+    "base": ({"image"}, {"features"}),
+    "train": ({"features", "labels", "sample_weight", "lr", "step"}, {"loss"}),
+    "train_epoch": ({"features", "labels", "sample_weight", "lr", "step", "batch_size"},
+                    {"losses"}),
+    "infer": ({"features"}, {"probabilities"}),
+}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BundleError(EdgetuneError, ValueError):
+    """A bundle is malformed, tampered with, or from a newer edgetune."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- manifest validation ---------------------------------------------------------------
+def _need(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise BundleError(f"manifest.json: {where} {what}")
+
+
+def _check_str(obj: Mapping, key: str, where: str) -> str:
+    value = obj.get(key)
+    _need(isinstance(value, str) and value != "", f"{where}.{key}", "must be a non-empty string")
+    return value
+
+
+def _check_shape(shape, where: str, allow_null: bool = False) -> None:
+    _need(isinstance(shape, list) and len(shape) <= 8, where, "must be a list of at most 8 dims")
+    elements = 1
+    for dim in shape:
+        ok = (isinstance(dim, int) and not isinstance(dim, bool) and 0 <= dim < 2**31) or \
+             (isinstance(dim, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", dim)) or \
+             (dim is None and allow_null)
+        _need(bool(ok), where, f"has a bad dimension {dim!r} (an int, a symbolic name"
+              f"{' or null' if allow_null else ''})")
+        if isinstance(dim, int):
+            elements *= dim
+    _need(elements <= MAX_ELEMENTS, where, f"declares {elements} elements; at most "
+          f"{MAX_ELEMENTS} are allowed")
+
+
+def _check_file_entry(entry, where: str) -> None:
+    _need(isinstance(entry, dict), where, "must be an object")
+    name = _check_str(entry, "file", where)
+    _need("/" not in name and "\\" not in name and name not in (".", "..")
+          and not name.startswith("."), f"{where}.file",
+          f"must be a plain file name inside the bundle, got {name!r}")
+    _need(isinstance(entry.get("sha256"), str) and bool(_SHA256.match(entry["sha256"])),
+          f"{where}.sha256", "must be 64 lowercase hex digits")
+
+
+def _check_tensor_specs(specs, where: str, keys: tuple[str, ...]) -> None:
+    _need(isinstance(specs, list), where, "must be a list")
+    names = set()
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        _need(isinstance(spec, dict), at, "must be an object")
+        name = _check_str(spec, "name", at)
+        _need(name not in names, at, f"repeats the name {name!r}")
+        names.add(name)
+        for key in keys:
+            _check_str(spec, key, at)
+        _need(spec.get("dtype") == "float32", f"{at}.dtype", "must be \"float32\"")
+        _check_shape(spec.get("shape"), f"{at}.shape")
+
+
+def validate_manifest(manifest) -> None:
+    """Raise BundleError naming the first problem in a manifest (a parsed JSON value)."""
+    _need(isinstance(manifest, dict), "the top level", "must be a JSON object")
+    _need(manifest.get("format") == FORMAT, "format", f"must be {FORMAT!r}; this is not an "
+          f"edgetune bundle")
+    version = manifest.get("version")
+    _need(isinstance(version, int) and not isinstance(version, bool) and version >= 1,
+          "version", "must be a positive integer")
+    if version > VERSION:
+        raise BundleError(f"bundle format version {version} is newer than this edgetune "
+                          f"reads (version {VERSION}); upgrade edgetune to use it")
+    inp = manifest.get("input")
+    _need(isinstance(inp, dict), "input", "must be an object")
+    _check_str(inp, "name", "input")
+    _check_str(inp, "dtype", "input")
+    _check_shape(inp.get("shape"), "input.shape", allow_null=True)
+    feats = manifest.get("features")
+    _need(isinstance(feats, dict), "features", "must be an object")
+    _check_shape(feats.get("shape"), "features.shape")
+    graphs = manifest.get("graphs")
+    _need(isinstance(graphs, dict), "graphs", "must be an object")
+    for role in REQUIRED_GRAPHS:
+        _need(role in graphs, "graphs", f"has no {role!r} graph")
+    for role, entry in graphs.items():
+        where = f"graphs.{role}"
+        _check_file_entry(entry, where)
+        for side in ("inputs", "outputs"):
+            io = entry.get(side)
+            _need(isinstance(io, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in io.items()),
+                  f"{where}.{side}", "must map role names to tensor names")
+        wanted_in, wanted_out = GRAPH_ROLES.get(role, (set(), set()))
+        missing = (wanted_in - set(entry["inputs"])) | (wanted_out - set(entry["outputs"]))
+        _need(not missing, where, f"lacks the roles {sorted(missing)}")
+    _check_tensor_specs(manifest.get("params"), "params",
+                        ("train_input", "train_output", "infer_input"))
+    _need(len(manifest["params"]) > 0, "params", "must list at least one parameter")
+    _check_tensor_specs(manifest.get("state", []), "state", ("train_input", "train_output",
+                                                             "param"))
+    _check_file_entry(manifest.get("init"), "init")
+
+
+# -- the bundle --------------------------------------------------------------------------
+class Bundle:
+    """A manifest plus the bytes of every file it names; loaded, built or saved whole."""
+
+    def __init__(self, manifest: dict, files: Mapping[str, bytes], path: Path | None = None):
+        self.manifest = manifest
+        self.files = dict(files)
+        self.path = path
+
+    # -- reading ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Bundle:
+        """Read and verify a bundle directory; raise BundleError on any problem."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"{root} is not a bundle directory (expected NAME.edgetune/ "
+                              f"with {MANIFEST}); build one with `edgetune convert`")
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{root} has no {MANIFEST}; it is not an edgetune bundle")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{manifest_path} is larger than {MAX_MANIFEST_BYTES} bytes")
+        try:
+            manifest = json.loads(manifest_path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
+        validate_manifest(manifest)
+        files = {}
+        for where, entry in cls._file_entries(manifest):
+            files[entry["file"]] = cls._read_verified(root, entry, where)
+        bundle = cls(manifest, files, root.resolve())
+        for role, entry in manifest["graphs"].items():
+            bundle._check_external_data(role, entry["file"], root)
+        bundle._check_initial_values()
+        return bundle
+
+    @staticmethod
+    def _file_entries(manifest: dict):
+        for role, entry in manifest["graphs"].items():
+            yield f"graphs.{role}", entry
+        yield "init", manifest["init"]
+
+    @staticmethod
+    def _read_verified(root: Path, entry: dict, where: str) -> bytes:
+        file = root / entry["file"]
+        real_root = root.resolve()
+        if not file.resolve().is_relative_to(real_root):
+            raise BundleError(f"{where}: {entry['file']} resolves outside the bundle directory")
+        if not file.is_file():
+            raise BundleError(f"{where}: {entry['file']} is missing from {root}")
+        data = file.read_bytes()
+        if sha256(data) != entry["sha256"]:
+            raise BundleError(f"{where}: sha256 of {entry['file']} does not match the manifest; "
+                              f"the file changed after the bundle was written (re-copy or "
+                              f"rebuild the bundle)")
+        return data
+
+    def _check_external_data(self, role: str, name: str, root: Path) -> None:
+        try:
+            locations = external_data_locations(self.files[name])
+        except ProtobufError as e:
+            raise BundleError(f"graphs.{role}: {name} is not a valid ONNX file ({e})") from None
+        real_root = root.resolve()
+        for location in locations:
+            target = (root / location).resolve()
+            if not location or os.path.isabs(location) or not target.is_relative_to(real_root):
+                raise BundleError(f"graphs.{role}: {name} refers to external data "
+                                  f"{location!r} outside the bundle directory; refusing to "
+                                  f"load it")
+
+    def _check_initial_values(self) -> None:
+        values = self.initial_values()
+        for spec in self.manifest["params"]:
+            if spec["name"] not in values:
+                raise BundleError(f"init: {self.manifest['init']['file']} has no value for "
+                                  f"parameter {spec['name']!r}")
+            declared, actual = spec["shape"], values[spec["name"]].shape
+            if len(declared) != len(actual) or any(isinstance(d, int) and d != a
+                                                   for d, a in zip(declared, actual)):
+                raise BundleError(f"init: {spec['name']!r} has shape {list(actual)}, the "
+                                  f"manifest declares {declared}")
+
+    def initial_values(self) -> dict[str, np.ndarray]:
+        name = self.manifest["init"]["file"]
+        try:
+            return load_safetensors(self.files[name])
+        except Exception as e:  # safetensors raises its own error types
+            raise BundleError(f"init: {name} is not a valid safetensors file ({e})") from None
+
+    # -- using ----------------------------------------------------------------------------
+    def graph(self, role: str) -> bytes:
+        """The verified ONNX bytes of a graph role (base, train, train_epoch, infer, ...)."""
+        graphs = self.manifest["graphs"]
+        if role not in graphs:
+            raise BundleError(f"this bundle has no {role!r} graph; it has {sorted(graphs)}")
+        return self.files[graphs[role]["file"]]
+
+    def has_graph(self, role: str) -> bool:
+        return role in self.manifest["graphs"]
+
+    def io(self, role: str) -> tuple[dict[str, str], dict[str, str]]:
+        entry = self.manifest["graphs"][role]
+        return entry["inputs"], entry["outputs"]
+
+    @property
+    def params(self) -> list[dict]:
+        return self.manifest["params"]
+
+    @property
+    def state(self) -> list[dict]:
+        return self.manifest.get("state", [])
+
+    def describe(self) -> dict:
+        """What the bundle holds, for `edgetune inspect`."""
+        m = self.manifest
+        graphs = {}
+        for role, entry in m["graphs"].items():
+            data = self.files[entry["file"]]
+            graphs[role] = {"file": entry["file"], "bytes": len(data), "sha256": entry["sha256"],
+                            "nodes": _count_nodes(data), "inputs": entry["inputs"],
+                            "outputs": entry["outputs"]}
+        params = [{"name": p["name"], "shape": p["shape"],
+                   "elements": int(np.prod([d for d in p["shape"] if isinstance(d, int)]))}
+                  for p in m["params"]]
+        return {"path": str(self.path) if self.path else None, "format": m["format"],
+                "version": m["version"], "created_by": m.get("created_by"),
+                "opset": m.get("opset"), "input": m["input"], "features": m["features"],
+                "trainable": m.get("trainable"), "head": m.get("head"), "loss": m.get("loss"),
+                "optimizer": m.get("optimizer"), "classes": m.get("classes"),
+                "graphs": graphs, "params": params, "state_slots": len(self.state),
+                "total_bytes": sum(len(b) for b in self.files.values()), "verified": True}
+
+    # -- writing --------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the bundle directory atomically (a temp dir renamed into place)."""
+        target = Path(path)
+        if target.exists() and not overwrite:
+            raise BundleError(f"{target} exists; pass overwrite=True (--force) to replace it")
+        for _, entry in self._file_entries(self.manifest):
+            entry["sha256"] = sha256(self.files[entry["file"]])
+        validate_manifest(self.manifest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            for name, data in {**self.files,
+                               MANIFEST: json.dumps(self.manifest, indent=2).encode()}.items():
+                with open(tmp / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = target.resolve()
+        return target
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _count_nodes(model: bytes) -> int:
+    for number, wire, value in fields(model):
+        if number == 7 and wire == 2:  # ModelProto.graph
+            return sum(1 for n, w, _ in fields(value) if n == 1 and w == 2)
+    return 0

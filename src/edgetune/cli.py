@@ -1,0 +1,127 @@
+"""The `edgetune` command. Each subcommand prints JSON with --json, text otherwise.
+
+    edgetune convert --base efficientnet-lite0 --head softmax --classes 4 -o m.edgetune
+    edgetune inspect m.edgetune --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from edgetune.runtime.errors import EdgetuneError
+
+COMMANDS: dict[str, Callable] = {}
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _print(args, data: dict | list, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@command("convert")
+def cmd_convert(args) -> int:
+    from edgetune.build.convert import convert
+
+    bundle = convert(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
+                     weight_decay=args.weight_decay, classes=args.classes, cut=args.cut,
+                     trainable=args.train, quantize=args.quantize, l2=args.l2)
+    path = bundle.save(args.output, overwrite=args.force)
+    info = bundle.describe()
+    text = (f"wrote {path} ({_size(info['total_bytes'])}): trains {info['trainable']['mode']}"
+            f"{':' + str(info['trainable']['blocks']) if info['trainable']['blocks'] else ''}, "
+            f"{len(info['params'])} parameter tensors, features {info['features']['shape']}")
+    if "quantization" in bundle.manifest:
+        q = bundle.manifest["quantization"]
+        text += f"\nint8 base: {json.dumps(q)}"
+    _print(args, {"path": str(path), **info, "quantization": bundle.manifest.get("quantization")},
+           text)
+    return 0
+
+
+@command("inspect")
+def cmd_inspect(args) -> int:
+    from edgetune.bundle import Bundle
+
+    info = Bundle.load(args.bundle).describe()
+    lines = [f"{info['path']}: edgetune bundle v{info['version']} ({info['created_by']}), "
+             f"opset {info['opset']}, all hashes verified",
+             f"input     {info['input']['name']} {info['input']['dtype']} "
+             f"{info['input']['shape']} {info['input'].get('layout') or ''}",
+             f"features  {info['features']['shape']} (cached per sample)",
+             f"trainable {info['trainable']['mode']}"
+             + (f":{info['trainable']['blocks']}" if info['trainable']['blocks'] else ""),
+             f"head      {info['head']}",
+             f"loss      {info['loss']}",
+             f"optimizer {info['optimizer']}",
+             "graphs:"]
+    for role, g in info["graphs"].items():
+        lines.append(f"  {role:12s} {g['file']:18s} {_size(g['bytes']):>9s} {g['nodes']:5d} nodes")
+    lines.append(f"params ({len(info['params'])} tensors, {info['state_slots']} optimizer slots):")
+    for p in info["params"]:
+        lines.append(f"  {p['name']:40s} {p['shape']}")
+    lines.append(f"total {_size(info['total_bytes'])}")
+    _print(args, info, "\n".join(lines))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgetune", description="Personalize neural networks "
+                                     "on the device: build bundles, train, predict, export.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="build a bundle from a base and a head")
+    p.add_argument("--base", default="efficientnet-lite0",
+                   help="efficientnet-lite0 or MODEL.onnx (default: efficientnet-lite0)")
+    p.add_argument("--cut", help="tensor of an ONNX base to use as features "
+                   "(default: its first output)")
+    p.add_argument("--head", default="softmax", help="softmax | mlp:HIDDEN | svm | HEAD.onnx")
+    p.add_argument("--classes", type=int, default=2,
+                   help="initial number of classes (more can be added later)")
+    p.add_argument("--optimizer", default="sgd", help="sgd | momentum | adam | adamw")
+    p.add_argument("--lr", type=float, help="learning rate (default: the optimizer's)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--l2", type=float, default=0.0, help="L2 regularization in the loss")
+    p.add_argument("--train", default="head", help="head | last:K | bias:K")
+    p.add_argument("--quantize", metavar="CALIB_DIR",
+                   help="also write an int8 base calibrated on the images in CALIB_DIR")
+    p.add_argument("-o", "--output", required=True, help="OUT.edgetune directory")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("inspect", help="show what a bundle holds and verify its hashes")
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (EdgetuneError, ValueError, FileNotFoundError) as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(e), "type": type(e).__name__}))
+        else:
+            print(f"edgetune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
