@@ -12,10 +12,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[build,dev]'
 	touch $(STAMP)
 
+# onnxruntime-node for the JavaScript bundle test; --ignore-scripts because its install
+# script downloads extra binaries (it fails offline, and the CPU build is in the package).
+JS_STAMP := tests/js/node_modules/.package-lock.json
+$(JS_STAMP): tests/js/package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --prefix tests/js
+
 run: $(STAMP)
 	$(PY) -m edgetune.examples.quickstart
 
-test: $(STAMP)
+test: $(STAMP) $(JS_STAMP)
 	$(PY) -m ruff check src tests bench
 	$(PY) -m pytest
 

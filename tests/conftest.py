@@ -27,3 +27,58 @@ def trainer_for(graphs, lr: float = 0.01, threads: int = 1, params=None) -> Grap
     io = {s.train_input: s.train_output for s in graphs.params + graphs.state}
     return GraphTrainer(graphs.train.SerializeToString(), params, state, io,
                         epoch=graphs.train_epoch.SerializeToString(), lr=lr, threads=threads)
+
+
+PHOTO_CLASSES = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+def photo_crops(per_class: int = 8, size: int = 224, seed: int = 0,
+                classes=PHOTO_CLASSES):
+    """Real photos: random crops (60-100% of the short side) and flips of scikit-image's
+    bundled pictures, one class per picture, resized with Pillow. uint8 [n, size, size, 3]."""
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        photo = getattr(data, name)()
+        h, w = photo.shape[:2]
+        for _ in range(per_class):
+            side = int(min(h, w) * rng.uniform(0.6, 1.0))
+            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            crop = Image.fromarray(photo[top:top + side, left:left + side])
+            crop = crop.resize((size, size), Image.Resampling.BILINEAR)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            images.append(np.asarray(crop.convert("RGB")))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int64)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    return photo_crops()
+
+
+@pytest.fixture(scope="session")
+def edgetune_cache(tmp_path_factory):
+    """Bases are built once per test session, in a cache outside the repository."""
+    import os
+
+    path = os.environ.get("EDGETUNE_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    return path
+
+
+def bundle_trainer(bundle, lr=None, threads=1, classes=None):
+    """A GraphTrainer for a loaded or built Bundle, from its manifest alone."""
+    values = bundle.initial_values()
+    params = {p["train_input"]: values[p["name"]] for p in bundle.params}
+    by_name = {p["name"]: p for p in bundle.params}
+    state = {s["train_input"]: np.zeros_like(params[by_name[s["param"]]["train_input"]])
+             for s in bundle.state}
+    io = {s["train_input"]: s["train_output"] for s in bundle.params + bundle.state}
+    return GraphTrainer(bundle.graph("train"), params, state, io,
+                        epoch=bundle.graph("train_epoch"),
+                        lr=bundle.manifest["optimizer"]["lr"] if lr is None else lr,
+                        threads=threads)

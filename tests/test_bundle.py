@@ -1,0 +1,240 @@
+"""Bundle format v1: what loading accepts and what it refuses, each with a clear error;
+and a bundle personalized from its manifest alone with a bare onnxruntime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import bundle_trainer
+from onnx import external_data_helper, helper
+
+from edgetune.build.convert import convert
+from edgetune.build.heads import SoftmaxClassifier
+from edgetune.build.optimizers import Momentum
+from edgetune.bundle import Bundle, BundleError
+
+
+def tiny_base(path, size=16, features=8):
+    """A small image base: uint8 NHWC -> (x - 127) / 128 -> Conv -> pool -> [N, F]."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", onnx.TensorProto.FLOAT, [features, 3, 3, 3],
+                           rng.standard_normal(features * 27).astype(np.float32) * 0.3)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Sub", ["f", "c127"], ["centered"]),
+        helper.make_node("Div", ["centered", "c128"], ["scaled"]),
+        helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["act"]),
+        helper.make_node("GlobalAveragePool", ["act"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["emb"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("image", onnx.TensorProto.UINT8,
+                                                      ["N", size, size, 3])],
+        [helper.make_tensor_value_info("emb", onnx.TensorProto.FLOAT, ["N", features])],
+        [w, helper.make_tensor("c127", onnx.TensorProto.FLOAT, [], [127.0]),
+         helper.make_tensor("c128", onnx.TensorProto.FLOAT, [], [128.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def saved(tmp_path):
+    base = tiny_base(tmp_path / "tiny.onnx")
+    return convert(base, SoftmaxClassifier(3), Momentum(lr=0.1)).save(tmp_path / "t.edgetune")
+
+
+def _edit_manifest(path, change):
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _rehash(path, role_or_init):
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = manifest["init"] if role_or_init == "init" else manifest["graphs"][role_or_init]
+    entry["sha256"] = hashlib.sha256((path / entry["file"]).read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_saved_bundle_loads_verified(saved):
+    bundle = Bundle.load(saved)
+    assert bundle.manifest["format"] == "edgetune.bundle" and bundle.manifest["version"] == 1
+    assert bundle.manifest["input"] == {"name": "image", "dtype": "uint8",
+                                        "shape": [None, 16, 16, 3], "layout": "NHWC",
+                                        "color": "RGB"}
+    assert bundle.describe()["verified"]
+    for role in ("base", "train", "train_epoch", "infer"):
+        model = onnx.load_from_string(bundle.graph(role))
+        onnx.checker.check_model(model, full_check=True)
+        assert model.ir_version <= 10
+    assert not list(saved.parent.glob(".t.edgetune*")), "no temp dirs left behind"
+
+
+@pytest.mark.parametrize("target,match", [
+    ("train.onnx", "sha256 of train.onnx does not match"),
+    ("params.safetensors", "sha256 of params.safetensors does not match"),
+])
+def test_a_changed_file_is_refused(saved, target, match):
+    data = bytearray((saved / target).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (saved / target).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=match):
+        Bundle.load(saved)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m.update(version=2), "version 2 is newer than this edgetune reads"),
+    (lambda m: m.update(version="1"), "version must be a positive integer"),
+    (lambda m: m.update(format="other"), "not an edgetune bundle"),
+    (lambda m: m["graphs"].pop("train"), "no 'train' graph"),
+    (lambda m: m["graphs"]["train"].update(file="../t.edgetune/train.onnx"),
+     "plain file name inside the bundle"),
+    (lambda m: m["graphs"]["infer"].update(sha256="abc"), "64 lowercase hex"),
+    (lambda m: m["graphs"]["train"]["inputs"].pop("lr"), "lacks the roles \\['lr'\\]"),
+    (lambda m: m["params"][0].update(shape=[1 << 20, 1 << 20]), "at most"),
+    (lambda m: m["params"][0].update(shape=[-1]), "bad dimension"),
+    (lambda m: m["params"][0].update(dtype="float64"), "float32"),
+    (lambda m: m.update(params=[]), "at least one parameter"),
+    (lambda m: m.update(params="head.weight"), "params must be a list"),
+])
+def test_a_malformed_manifest_is_refused(saved, change, match):
+    _edit_manifest(saved, change)
+    with pytest.raises(BundleError, match=match):
+        Bundle.load(saved)
+
+
+def test_broken_json_and_missing_pieces(saved, tmp_path):
+    (saved / "manifest.json").write_text('{"format": "edgetune.bundle", ')
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle.load(saved)
+    with pytest.raises(BundleError, match="not a bundle directory"):
+        Bundle.load(tmp_path / "nothing.edgetune")
+    (tmp_path / "empty.edgetune").mkdir()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Bundle.load(tmp_path / "empty.edgetune")
+
+
+def test_init_values_must_match_declared_shapes(saved):
+    from safetensors.numpy import save_file
+
+    save_file({"head.weight": np.zeros((9, 3), np.float32),
+               "head.bias": np.zeros(3, np.float32)}, saved / "params.safetensors")
+    _rehash(saved, "init")
+    with pytest.raises(BundleError, match="head.weight.*shape \\[9, 3\\].*\\[8, 'classes'\\]"):
+        Bundle.load(saved)
+
+
+def _with_external_data(saved, role, location):
+    """Move a graph's initializers to an external file named `location`."""
+    entry = json.loads((saved / "manifest.json").read_text())["graphs"][role]
+    model = onnx.load(saved / entry["file"], load_external_data=False)
+    for tensor in model.graph.initializer:
+        size = int(np.prod(tensor.dims)) * 4  # float32
+        tensor.ClearField("float_data")
+        tensor.raw_data = b""
+        external_data_helper.set_external_data(tensor, location=location, offset=0,
+                                               length=size)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.ClearField("raw_data")
+    (saved / entry["file"]).write_bytes(model.SerializeToString())
+    _rehash(saved, role)
+
+
+def test_external_data_outside_the_bundle_is_refused(saved, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 4096)
+    _with_external_data(saved, "base", "../secret.bin")
+    with pytest.raises(BundleError, match="external data '../secret.bin' outside the bundle"):
+        Bundle.load(saved)
+    _with_external_data(saved, "base", str(secret))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Bundle.load(saved)
+
+
+def test_external_data_inside_the_bundle_is_fine(saved):
+    model = onnx.load(saved / "base.onnx")
+    onnx.save(model, saved / "base.onnx", save_as_external_data=True, location="base.data",
+              size_threshold=0, all_tensors_to_one_file=True)
+    _rehash(saved, "base")
+    assert Bundle.load(saved).has_graph("base")
+
+
+def test_a_file_that_is_not_onnx_is_refused(saved):
+    (saved / "infer.onnx").write_bytes(b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff")
+    _rehash(saved, "infer")
+    with pytest.raises(BundleError, match="infer.onnx is not a valid ONNX file"):
+        Bundle.load(saved)
+
+
+def test_save_refuses_to_overwrite_unless_asked(saved):
+    bundle = Bundle.load(saved)
+    with pytest.raises(BundleError, match="exists"):
+        bundle.save(saved)
+    bundle.save(saved, overwrite=True)
+    assert Bundle.load(saved).manifest == bundle.manifest
+
+
+def personalize_from_manifest(path, features, labels, steps, batch):
+    """Everything a program needs, knowing only the manifest and an ONNX runtime."""
+    from safetensors.numpy import load_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    for entry in [*manifest["graphs"].values(), manifest["init"]]:
+        digest = hashlib.sha256((path / entry["file"]).read_bytes()).hexdigest()
+        assert digest == entry["sha256"]
+    initial = load_file(path / manifest["init"]["file"])
+    values = {p["train_input"]: initial[p["name"]] for p in manifest["params"]}
+    shapes = {p["name"]: initial[p["name"]].shape for p in manifest["params"]}
+    values.update({s["train_input"]: np.zeros(shapes[s["param"]], np.float32)
+                   for s in manifest["state"]})
+    train = manifest["graphs"]["train"]
+    session = ort.InferenceSession(str(path / train["file"]))
+    carried = {s["train_input"]: s["train_output"]
+               for s in manifest["params"] + manifest["state"]}
+    losses = []
+    for step in range(steps):
+        rows = slice(step * batch % len(labels), step * batch % len(labels) + batch)
+        feeds = {train["inputs"]["features"]: features[rows],
+                 train["inputs"]["labels"]: labels[rows],
+                 train["inputs"]["sample_weight"]: np.ones(len(labels[rows]), np.float32),
+                 train["inputs"]["lr"]: np.array(manifest["optimizer"]["lr"], np.float32),
+                 train["inputs"]["step"]: np.array(step + 1, np.int64), **values}
+        out = session.run([train["outputs"]["loss"], *carried.values()], feeds)
+        losses.append(float(out[0]))
+        values.update(zip(carried, out[1:]))
+    infer = manifest["graphs"]["infer"]
+    probs = ort.InferenceSession(str(path / infer["file"])).run(
+        [infer["outputs"]["probabilities"]],
+        {infer["inputs"]["features"]: features,
+         **{p["infer_input"]: values[p["train_input"]] for p in manifest["params"]}})[0]
+    return losses, probs
+
+
+def test_personalize_with_only_onnxruntime_and_the_manifest(saved, photos):
+    from conftest import photo_crops
+
+    images, labels = photo_crops(per_class=6, size=16, classes=("chelsea", "coffee", "rocket"))
+    manifest = json.loads((saved / "manifest.json").read_text())
+    base = manifest["graphs"]["base"]
+    features = ort.InferenceSession(str(saved / base["file"])).run(
+        [base["outputs"]["features"]], {base["inputs"]["image"]: images})[0]
+    order = np.random.default_rng(0).permutation(len(labels))
+    features, labels = features[order], labels[order]
+    losses, probs = personalize_from_manifest(saved, features, labels, steps=60, batch=6)
+    assert np.mean(losses[-6:]) < 0.5 * np.mean(losses[:3])
+    # edgetune's own runtime reaches the same losses on the same mini-batches.
+    trainer = bundle_trainer(Bundle.load(saved))
+    ours = [trainer.step(features[s * 6 % 18: s * 6 % 18 + 6], labels[s * 6 % 18: s * 6 % 18 + 6])
+            for s in range(60)]
+    np.testing.assert_allclose(losses, ours, rtol=1e-6)
+    shutil.rmtree(saved)
