@@ -49,6 +49,10 @@ class GraphTrainer:
         if missing:
             raise ValueError(f"no initial value for graph inputs {missing}")
 
+    @property
+    def has_epoch_graph(self) -> bool:
+        return self._epoch is not None
+
     def _run(self, session: ort.InferenceSession, feeds: dict, first_output: str):
         names = [first_output, *self.io.values()]
         first, *updated = session.run(names, {**feeds, **self.values})

@@ -1,0 +1,545 @@
+"""The personalization lifecycle on the device: samples, training, prediction, saving.
+
+A profile is one personalization: a directory holding a copy of the bundle, the
+SQLite sample store (cached features, not images) and the checkpoints.
+
+    p = Personalizer("model.edgetune", profile="me/")
+    p.add_sample("mug.jpg", "mug")          # features computed once, stored
+    p.predict(frame)                         # answers from the first sample (prototypes)
+    p.fit(epochs=20, callback=print)         # or start_training() / stop_training()
+    p.save(); p.export("personal.onnx")
+
+Prediction is safe during training: the trainer publishes a complete new parameter
+set after each epoch call and readers take whichever set is current, never waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.bundle import Bundle, BundleError, sha256
+from edgetune.runtime.checkpoint import CheckpointDir
+from edgetune.runtime.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
+from edgetune.runtime.images import list_image_folder, prepare
+from edgetune.runtime.prototypes import PrototypeClassifier, imprint_weights
+from edgetune.runtime.store import SampleStore
+from edgetune.runtime.trainer import GraphTrainer, make_session
+
+CLASSES = "classes"
+BASE_BATCH = 16
+EXPLODE_FACTOR = 10.0  # an epoch loss this many times the first one is a divergence
+MAX_ROLLBACKS = 3
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One consistent view for readers: parameters and the class names of their columns."""
+
+    params: dict[str, np.ndarray]
+    classes: tuple[str, ...]
+    trained: bool
+
+
+class Personalizer:
+    """Personalize a bundle on this device; see the module docstring.
+
+    bundle: a bundle directory (copied into the profile the first time) or None to use
+    the profile's copy. threads: onnxruntime threads per session (None: its default).
+    """
+
+    def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
+                 profile: str | os.PathLike = "profile", *, threads: int | None = None,
+                 seed: int = 0):
+        self.profile = Path(profile)
+        self.profile.mkdir(parents=True, exist_ok=True)
+        self.bundle = self._open_bundle(bundle)
+        manifest = self.bundle.manifest
+        self._bundle_id = sha256(json.dumps(manifest, sort_keys=True).encode())
+        self.features_shape = tuple(manifest["features"]["shape"])
+        self._input = manifest["input"]
+        self.store = SampleStore(self.profile / "samples.sqlite", feature_shape=self.features_shape)
+        known = self.store.get_meta("bundle")
+        if known is None:
+            self.store.set_meta("bundle", self._bundle_id)
+        elif known != self._bundle_id:
+            raise BundleError(f"profile {self.profile} was made with another bundle; open it "
+                              f"with its own bundle or use a new profile")
+        self.checkpoints = CheckpointDir(self.profile / "checkpoints")
+        self._threads = threads
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.RLock()  # guards parameter structure changes and training state
+        self._base = None
+        self._infer = make_session(self.bundle.graph("infer"), threads)
+        self._infer_io = self.bundle.io("infer")
+        self._class_axis = {s["train_input"]: _class_axis(s["shape"])
+                            for s in self.bundle.params + self.bundle.state}
+        self._values, self._columns, self._trained, self.step = self._initial_state()
+        self._prototypes = PrototypeClassifier()
+        self._prototypes_stale = True
+        self._publish()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.history: list[dict] = []
+        self.last_error: str | None = None
+
+    # -- opening ------------------------------------------------------------------------
+    def _open_bundle(self, bundle) -> Bundle:
+        copy = self.profile / "bundle.edgetune"
+        if bundle is None:
+            if not copy.is_dir():
+                raise BundleError(f"profile {self.profile} has no bundle yet; pass the bundle "
+                                  f"the first time (edgetune train BUNDLE --profile ...)")
+            return Bundle.load(copy)
+        loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if copy.is_dir():
+            pinned = Bundle.load(copy)
+            if pinned.manifest != loaded.manifest:
+                raise BundleError(f"profile {self.profile} was made with another bundle "
+                                  f"({pinned.path}); use a new profile for {loaded.path}")
+            return pinned
+        loaded.save(copy)
+        return Bundle.load(copy)
+
+    def _fresh_values(self, n_classes: int) -> dict[str, np.ndarray]:
+        initial = self.bundle.initial_values()
+        values = {}
+        for p in self.bundle.params:
+            values[p["train_input"]] = _resize_classes(initial[p["name"]],
+                                                       self._class_axis[p["train_input"]],
+                                                       n_classes)
+        shapes = {p["name"]: values[p["train_input"]].shape for p in self.bundle.params}
+        for s in self.bundle.state:
+            values[s["train_input"]] = np.zeros(shapes[s["param"]], np.float32)
+        return values
+
+    def _initial_state(self):
+        classes = self.store.class_names()
+        try:
+            ckpt = self.checkpoints.latest()
+        except IncompatibleCheckpointError:
+            raise
+        if ckpt is None:
+            return self._fresh_values(len(classes)), list(classes), False, 0
+        meta = ckpt.meta
+        if meta.get("bundle") != self._bundle_id:
+            raise IncompatibleCheckpointError(
+                f"checkpoint {ckpt.path} was written for another bundle; move it away or use "
+                f"a new profile")
+        names = [s["train_input"] for s in self.bundle.params + self.bundle.state]
+        missing = [n for n in names if n not in ckpt.tensors]
+        if missing:
+            raise IncompatibleCheckpointError(f"checkpoint {ckpt.path} lacks {missing}")
+        columns = json.loads(meta.get("classes", "[]"))
+        values = {n: ckpt.tensors[n] for n in names}
+        for name, value in values.items():
+            axis = self._class_axis[name]
+            if axis is not None and value.shape[axis] != len(columns):
+                raise IncompatibleCheckpointError(
+                    f"checkpoint {ckpt.path}: {name} has {value.shape[axis]} class columns but "
+                    f"the checkpoint lists {len(columns)} classes")
+        step = int(ckpt.tensors.get("__step__", np.zeros(1, np.int64))[0])
+        values, columns = self._remap(values, columns, classes)
+        return values, columns, meta.get("trained") == "1", step
+
+    # -- class columns --------------------------------------------------------------------
+    def _remap(self, values: dict, columns: list[str], classes: Sequence[str]):
+        """Reorder class columns of every class-sized tensor to `classes` (by name)."""
+        if list(columns) == list(classes):
+            return values, list(columns)
+        index = {name: i for i, name in enumerate(columns)}
+        out = {}
+        for name, value in values.items():
+            axis = self._class_axis[name]
+            if axis is None:
+                out[name] = value
+                continue
+            shape = list(value.shape)
+            shape[axis] = len(classes)
+            new = np.zeros(shape, np.float32)
+            for j, cls in enumerate(classes):
+                if cls in index:
+                    np.moveaxis(new, axis, 0)[j] = np.moveaxis(value, axis, 0)[index[cls]]
+            out[name] = new
+        return out, list(classes)
+
+    def _publish(self) -> None:
+        params = {p["infer_input"]: self._values[p["train_input"]] for p in self.bundle.params}
+        self._snapshot = _Snapshot(params, tuple(self._columns), self._trained)
+
+    # -- samples ------------------------------------------------------------------------------
+    def _base_session(self):
+        if self._base is None:
+            self._base = make_session(self.bundle.graph("base"), self._threads)
+        return self._base
+
+    def _to_input(self, image) -> np.ndarray:
+        shape, dtype = self._input["shape"], np.dtype(self._input["dtype"])
+        if self._input.get("layout") == "NHWC" and self._input.get("color") == "RGB":
+            return prepare(image, (shape[2], shape[1]))
+        array = np.asarray(image)
+        expected = tuple(shape[1:])
+        if array.shape != expected or array.dtype != dtype:
+            raise BadInputError(f"input has shape {array.shape} and dtype {array.dtype}; this "
+                                f"bundle needs {expected} {dtype}")
+        return array
+
+    def features(self, images: Sequence) -> np.ndarray:
+        """Run the base on images (arrays, PIL images, paths, bytes): [n, *features]."""
+        batch = [self._to_input(img) for img in images]
+        if not batch:
+            return np.zeros((0, *self.features_shape), np.float32)
+        inputs, outputs = self.bundle.io("base")
+        session = self._base_session()
+        parts = [session.run([outputs["features"]],
+                             {inputs["image"]: np.stack(batch[i:i + BASE_BATCH])})[0]
+                 for i in range(0, len(batch), BASE_BATCH)]
+        return np.concatenate(parts).astype(np.float32)
+
+    def add_sample(self, image, label: str, source: str | None = None) -> int:
+        """Add one sample (HxWx3 uint8 array, PIL image, path or bytes) of class `label`."""
+        return self.add_samples([image], [label], [source])[0]
+
+    def add_samples(self, images: Sequence, labels: Sequence[str],
+                    sources: Sequence[str | None] | None = None) -> list[int]:
+        """Add samples in one transaction: all are stored or none (a bad image adds none)."""
+        labels = [_check_label(label) for label in labels]
+        if len(images) != len(labels):
+            raise BadInputError(f"{len(images)} images but {len(labels)} labels")
+        feats = self.features(images)
+        if not np.isfinite(feats).all():
+            raise BadInputError("the base produced non-finite features for an input; check the "
+                                "image")
+        with self._lock:
+            ids = self.store.add(feats, labels, source=list(sources) if sources else None)
+            self._sync_classes()
+            self._prototypes_stale = True
+        return ids
+
+    def remove_sample(self, sample_id: int) -> None:
+        with self._lock:
+            self.store.remove_sample(sample_id)
+            self._prototypes_stale = True
+
+    def remove_class(self, name: str) -> None:
+        with self._lock:
+            self.store.remove_class(name)
+            self._sync_classes()
+            self._prototypes_stale = True
+
+    def rename_class(self, old: str, new: str) -> None:
+        with self._lock:
+            self.store.rename_class(old, _check_label(new))
+            self._columns = [new if c == old else c for c in self._columns]
+            self._publish()
+
+    def add_class(self, name: str) -> None:
+        with self._lock:
+            self.store.add_class(_check_label(name))
+            self._sync_classes()
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+    def classes(self) -> list[str]:
+        return self.store.class_names()
+
+    def _sync_classes(self) -> None:
+        """Make the parameter columns follow the store's classes (added, removed)."""
+        classes = self.store.class_names()
+        if classes != self._columns:
+            self._values, self._columns = self._remap(self._values, self._columns, classes)
+            self._publish()
+
+    # -- prediction ------------------------------------------------------------------------------
+    def predict(self, image) -> dict:
+        """{"label", "scores": {class: score}, "source": "head" | "prototypes"}."""
+        return self.predict_features(self.features([image]))[0]
+
+    def predict_many(self, images: Sequence) -> list[dict]:
+        return self.predict_features(self.features(images))
+
+    def predict_features(self, feats: np.ndarray) -> list[dict]:
+        snap = self._snapshot  # one consistent parameter set, whatever training does meanwhile
+        if not snap.classes:
+            raise BadInputError("no classes yet: add samples before predicting")
+        if snap.trained:
+            feeds = {self._infer_io[0]["features"]: feats, **snap.params}
+            scores = self._infer.run([self._infer_io[1]["probabilities"]], feeds)[0]
+            source = "head"
+        else:
+            scores = self._prototype_scores(feats, len(snap.classes))
+            source = "prototypes"
+        results = []
+        for row in scores:
+            best = int(np.argmax(row))
+            results.append({"label": snap.classes[best], "source": source,
+                            "scores": {c: float(s) for c, s in zip(snap.classes, row)}})
+        return results
+
+    def _prototype_scores(self, feats: np.ndarray, n_classes: int) -> np.ndarray:
+        with self._lock:
+            if self._prototypes_stale:
+                X, y = self.store.features_and_labels()
+                flat = X.reshape(len(X), -1)
+                self._prototypes = PrototypeClassifier().fit(flat, y, len(self.store.class_names()))
+                self._prototypes_stale = False
+            clf = self._prototypes
+        scores = clf.predict_scores(feats.reshape(len(feats), -1))
+        return scores[:, :n_classes] if scores.shape[1] >= n_classes else np.pad(
+            scores, [(0, 0), (0, n_classes - scores.shape[1])])
+
+    # -- training --------------------------------------------------------------------------------
+    def _imprint(self, values: dict, X: np.ndarray, y: np.ndarray, fresh: Iterable[int]) -> None:
+        """Start a linear head's new class columns at the class means (weight imprinting)."""
+        weight = next((p for p in self.bundle.params if p["name"] == "head.weight"), None)
+        bias = next((p for p in self.bundle.params if p["name"] == "head.bias"), None)
+        fresh = list(fresh)
+        if not fresh or weight is None or bias is None or \
+                weight["shape"] != [*self.features_shape, CLASSES]:
+            return
+        W, b = imprint_weights(X.reshape(len(X), -1), y, values[bias["train_input"]].shape[0])
+        for c in fresh:
+            values[weight["train_input"]][:, c] = W[:, c]
+            values[bias["train_input"]][c] = b[c]
+
+    def _trainer(self, lr: float) -> GraphTrainer:
+        io = {s["train_input"]: s["train_output"] for s in self.bundle.params + self.bundle.state}
+        epoch = self.bundle.graph("train_epoch") if self.bundle.has_graph("train_epoch") else None
+        trainer = GraphTrainer(self.bundle.graph("train"), self._values, None, io, epoch=epoch,
+                               lr=lr, threads=self._threads)
+        trainer.step_count = self.step
+        return trainer
+
+    @staticmethod
+    def _run_epoch(trainer: GraphTrainer, X, y, weights, batch_size: int) -> np.ndarray:
+        if trainer.has_epoch_graph:
+            return trainer.epoch(X, y, weights, batch_size)
+        return np.array([trainer.step(X[i:i + batch_size], y[i:i + batch_size],
+                                      None if weights is None else weights[i:i + batch_size])
+                         for i in range(0, len(y), batch_size)])
+
+    def fit(self, epochs: int = 20, batch_size: int | None = None, lr: float | None = None,
+            callback: Callable[[dict], None] | None = None, balanced: bool = True,
+            early_stop: bool = True, patience: int = 5, min_delta: float = 1e-3) -> list[dict]:
+        """Train for up to `epochs` epochs; returns one record per epoch (and per rollback).
+
+        balanced: weight samples so each class counts equally. early_stop: stop when the
+        loss has not improved by `min_delta` (relative) for `patience` epochs. A NaN or
+        exploding loss rolls back to the last good parameters, lowers the learning rate
+        tenfold and says so in the record (`"event": "rollback"`).
+        """
+        if epochs < 1:
+            raise BadInputError(f"epochs is {epochs}; it must be at least 1")
+        if batch_size is not None and batch_size < 1:
+            raise BadInputError(f"batch_size is {batch_size}; it must be at least 1")
+        lr = float(self.bundle.manifest["optimizer"]["lr"] if lr is None else lr)
+        records = []
+        self._stop.clear()
+        with self._lock:
+            X, y = self.store.features_and_labels()
+            if len(y) == 0:
+                raise BadInputError("no samples yet: add at least one sample before training")
+            if not self._trained:
+                self._values = {k: v.copy() for k, v in self._values.items()}
+                self._imprint(self._values, X, y, range(len(self._columns)))
+            trainer = self._trainer(lr)
+            columns = list(self._columns)
+        first = best = None
+        good = {k: v.copy() for k, v in trainer.values.items()}
+        good_step, rollbacks, stale = trainer.step_count, 0, 0
+        for epoch in range(1, epochs + 1):
+            if self._stop.is_set():
+                break
+            t0 = time.perf_counter()
+            with self._lock:
+                if self._columns != columns:  # samples or classes changed while training
+                    X, y = self.store.features_and_labels()
+                    fresh = [i for i, c in enumerate(self._columns) if c not in columns]
+                    trainer.values, _ = self._remap(trainer.values, columns, self._columns)
+                    good, columns = self._remap(good, columns, self._columns)
+                    self._imprint(trainer.values, X, y, fresh)
+                elif epoch > 1 and len(self.store) != len(y):
+                    X, y = self.store.features_and_labels()
+            weights = _balanced_weights(y, len(columns)) if balanced else None
+            order = self._rng.permutation(len(y))
+            size = min(batch_size or 32, len(y))
+            losses = self._run_epoch(trainer, X[order], y[order],
+                                     None if weights is None else weights[order], size)
+            loss = float(np.mean(losses))
+            first = loss if first is None else first
+            exploded = not np.isfinite(loss) or loss > EXPLODE_FACTOR * (first + 1.0) or \
+                not all(np.isfinite(v).all() for v in trainer.values.values())
+            if exploded:
+                rollbacks += 1
+                trainer.values = {k: v.copy() for k, v in good.items()}
+                trainer.step_count = good_step
+                trainer.lr = lr = lr * 0.1
+                record = {"epoch": epoch, "event": "rollback", "loss": loss, "lr": lr,
+                          "message": f"loss {loss:.4g} diverged; rolled back to the last good "
+                                     f"parameters and lowered the learning rate to {lr:.3g}"}
+                warnings.warn(record["message"], RuntimeWarning, stacklevel=2)
+                records.append(record)
+                if callback:
+                    callback(record)
+                if rollbacks >= MAX_ROLLBACKS:
+                    records.append({"epoch": epoch, "event": "stopped",
+                                    "message": f"stopped after {rollbacks} rollbacks"})
+                    break
+                continue
+            good = {k: v.copy() for k, v in trainer.values.items()}
+            good_step = trainer.step_count
+            with self._lock:
+                if self._columns == columns:
+                    self._values = good
+                    self.step = good_step
+                    self._trained = True
+                    self._publish()
+            record = {"epoch": epoch, "loss": loss, "lr": lr, "samples": int(len(y)),
+                      "seconds": time.perf_counter() - t0}
+            records.append(record)
+            if callback:
+                callback(record)
+            if best is None or loss < best * (1 - min_delta):
+                best, stale = loss, 0
+            else:
+                stale += 1
+                if early_stop and stale >= patience:
+                    records.append({"epoch": epoch, "event": "early_stop",
+                                    "message": f"loss has not improved for {patience} epochs"})
+                    break
+        self.history.extend(records)
+        if self._trained:
+            self.save()
+        return records
+
+    def start_training(self, epochs: int = 50, callback: Callable[[dict], None] | None = None,
+                       **kwargs) -> None:
+        """Train in a background thread; predictions keep working meanwhile."""
+        with self._lock:
+            if self.is_training:
+                raise EdgetuneError("training is already running; stop_training() first")
+            self._stop.clear()
+            self.last_error = None
+
+            def run():
+                try:
+                    self.fit(epochs=epochs, callback=callback, **kwargs)
+                except Exception as e:  # reported to the caller through last_error
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    if callback:
+                        callback({"event": "error", "message": self.last_error})
+
+            self._thread = threading.Thread(target=run, name="edgetune-training", daemon=True)
+            self._thread.start()
+
+    def stop_training(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def is_training(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- saving and export -------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write parameters, optimizer state, step and class table as one atomic checkpoint."""
+        with self._lock:
+            tensors = dict(self._values)
+            tensors["__step__"] = np.array([self.step], np.int64)
+            meta = {"bundle": self._bundle_id, "classes": json.dumps(self._columns),
+                    "trained": "1" if self._trained else "0"}
+        return self.checkpoints.save(tensors, meta)
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """One standalone ONNX model: raw pixels in, probabilities out, class names in its
+        metadata (`edgetune.classes`). Runs with onnxruntime alone."""
+        from edgetune.runtime.export import compose_standalone
+
+        snap = self._snapshot
+        if not snap.trained:
+            raise EdgetuneError("nothing trained yet: fit() before exporting")
+        model = compose_standalone(self.bundle.graph("base"), self.bundle.graph("infer"),
+                                   self.bundle.io("base")[1]["features"],
+                                   self._infer_io[0]["features"], snap.params,
+                                   {"edgetune.classes": json.dumps(list(snap.classes)),
+                                    "edgetune.input": json.dumps(self._input),
+                                    "edgetune.bundle": self._bundle_id})
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(model)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        return target
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def evaluate(self, data_dir: str | os.PathLike) -> dict:
+        """Accuracy on a folder of class folders: {"accuracy", "n", "per_class", "skipped"}."""
+        items = list_image_folder(data_dir)
+        known = set(self._snapshot.classes)
+        usable = [(p, c) for p, c in items if c in known]
+        unknown = sorted({c for _, c in items if c not in known})
+        if not usable:
+            raise BadInputError(f"{data_dir}: none of its class folders {unknown} is a class of "
+                                f"this profile ({sorted(known)})")
+        per_class: dict[str, dict] = {}
+        correct = 0
+        for i in range(0, len(usable), BASE_BATCH):
+            chunk = usable[i:i + BASE_BATCH]
+            for (_, truth), result in zip(chunk, self.predict_many([p for p, _ in chunk])):
+                entry = per_class.setdefault(truth, {"n": 0, "correct": 0})
+                entry["n"] += 1
+                entry["correct"] += result["label"] == truth
+                correct += result["label"] == truth
+        for entry in per_class.values():
+            entry["accuracy"] = entry["correct"] / entry["n"]
+        return {"accuracy": correct / len(usable), "n": len(usable), "per_class": per_class,
+                "skipped_classes": unknown}
+
+    def close(self) -> None:
+        self.stop_training()
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _class_axis(shape: Sequence) -> int | None:
+    return shape.index(CLASSES) if CLASSES in shape else None
+
+
+def _resize_classes(value: np.ndarray, axis: int | None, n: int) -> np.ndarray:
+    if axis is None:
+        return np.array(value, np.float32)
+    value = np.moveaxis(np.asarray(value, np.float32), axis, 0)[:n]
+    if len(value) < n:
+        value = np.concatenate([value, np.zeros((n - len(value), *value.shape[1:]), np.float32)])
+    return np.ascontiguousarray(np.moveaxis(value, 0, axis))
+
+
+def _balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Weights so every present class counts equally: n / (classes present * count)."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float32)
+    present = max(int((counts > 0).sum()), 1)
+    return (len(y) / (present * counts[y])).astype(np.float32)
+
+
+def _check_label(label) -> str:
+    if not isinstance(label, str) or not label.strip():
+        raise BadInputError(f"label {label!r} must be a non-empty string")
+    return label.strip()
