@@ -91,7 +91,7 @@ class Personalizer:
         self.history: list[dict] = []
         self.last_error: str | None = None
 
-    # -- opening ------------------------------------------------------------------------
+    # -- opening --
     def _open_bundle(self, bundle) -> Bundle:
         copy = self.profile / "bundle.edgetune"
         if bundle is None:
@@ -150,7 +150,7 @@ class Personalizer:
         values, columns = self._remap(values, columns, classes)
         return values, columns, meta.get("trained") == "1", step
 
-    # -- class columns --------------------------------------------------------------------
+    # -- class columns --
     def _remap(self, values: dict, columns: list[str], classes: Sequence[str]):
         """Reorder class columns of every class-sized tensor to `classes` (by name)."""
         if list(columns) == list(classes):
@@ -175,7 +175,7 @@ class Personalizer:
         params = {p["infer_input"]: self._values[p["train_input"]] for p in self.bundle.params}
         self._snapshot = _Snapshot(params, tuple(self._columns), self._trained)
 
-    # -- samples ------------------------------------------------------------------------------
+    # -- samples --
     def _base_session(self):
         if self._base is None:
             self._base = make_session(self.bundle.graph("base"), self._threads)
@@ -259,7 +259,7 @@ class Personalizer:
             self._values, self._columns = self._remap(self._values, self._columns, classes)
             self._publish()
 
-    # -- prediction ------------------------------------------------------------------------------
+    # -- prediction --
     def predict(self, image) -> dict:
         """{"label", "scores": {class: score}, "source": "head" | "prototypes"}."""
         return self.predict_features(self.features([image]))[0]
@@ -297,7 +297,7 @@ class Personalizer:
         return scores[:, :n_classes] if scores.shape[1] >= n_classes else np.pad(
             scores, [(0, 0), (0, n_classes - scores.shape[1])])
 
-    # -- training --------------------------------------------------------------------------------
+    # -- training --
     def _imprint(self, values: dict, X: np.ndarray, y: np.ndarray, fresh: Iterable[int]) -> None:
         """Start a linear head's new class columns at the class means (weight imprinting)."""
         weight = next((p for p in self.bundle.params if p["name"] == "head.weight"), None)
@@ -451,7 +451,7 @@ class Personalizer:
     def is_training(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    # -- saving and export -------------------------------------------------------------------------
+    # -- saving and export --
     def save(self) -> Path:
         """Write parameters, optimizer state, step and class table as one atomic checkpoint."""
         with self._lock:
@@ -484,7 +484,7 @@ class Personalizer:
         os.replace(tmp, target)
         return target
 
-    # -- evaluation ------------------------------------------------------------------------------------
+    # -- evaluation --
     def evaluate(self, data_dir: str | os.PathLike) -> dict:
         """Accuracy on a folder of class folders: {"accuracy", "n", "per_class", "skipped"}."""
         items = list_image_folder(data_dir)
