@@ -33,6 +33,8 @@ def test_importing_the_runtime_loads_no_build_framework():
         "import edgetune.runtime\n"
         "import edgetune.runtime.images, edgetune.runtime.store\n"
         "import edgetune.runtime.checkpoint, edgetune.runtime.prototypes\n"
+        "import edgetune.runtime.personalizer, edgetune.runtime.export, edgetune.bundle\n"
+        "import edgetune.runtime.trainer, edgetune.onnx_scan, edgetune.cli\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run(

@@ -22,6 +22,9 @@ _LAZY = {
     "losses": ("edgetune.build.losses", None),
     "optim": ("edgetune.build.optimizers", None),
     "build_training_graphs": ("edgetune.build.train_graph", "build_training_graphs"),
+    "convert": ("edgetune.build.convert", "convert"),
+    "Bundle": ("edgetune.bundle", "Bundle"),
+    "Personalizer": ("edgetune.runtime.personalizer", "Personalizer"),
 }
 
 

@@ -81,6 +81,107 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _progress(args, total: int, description: str):
+    """A rich progress bar on a terminal (unless --json); None otherwise."""
+    if args.json or not sys.stderr.isatty():
+        return None
+    try:
+        from rich.progress import Progress
+    except ImportError:
+        return None
+    progress = Progress(transient=True)
+    progress.start()
+    task = progress.add_task(description, total=total)
+    return progress, task
+
+
+def _advance(bar, **fields) -> None:
+    if bar is not None:
+        bar[0].update(bar[1], advance=1, **fields)
+
+
+def _finish(bar) -> None:
+    if bar is not None:
+        bar[0].stop()
+
+
+@command("train")
+def cmd_train(args) -> int:
+    from edgetune.runtime.images import list_image_folder
+    from edgetune.runtime.personalizer import Personalizer
+
+    items = list_image_folder(args.data)
+    with Personalizer(args.bundle, profile=args.profile) as p:
+        seen = {s.source for s in p.store.samples() if s.source}
+        new = [(path, label) for path, label in items if str(path.resolve()) not in seen]
+        bar = _progress(args, len(new), "features")
+        for i in range(0, len(new), 16):
+            chunk = new[i:i + 16]
+            p.add_samples([path for path, _ in chunk], [label for _, label in chunk],
+                          [str(path.resolve()) for path, _ in chunk])
+            for _ in chunk:
+                _advance(bar)
+        _finish(bar)
+        bar = _progress(args, args.epochs, "training")
+        history = p.fit(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        callback=lambda r: _advance(bar) if "loss" in r and "event" not in r
+                        else None)
+        _finish(bar)
+        epochs = [r for r in history if "event" not in r]
+        events = [r for r in history if "event" in r]
+        result = {"profile": str(p.profile), "samples_added": len(new), "samples": len(p.store),
+                  "counts": p.counts(), "epochs": len(epochs),
+                  "loss": epochs[-1]["loss"] if epochs else None,
+                  "history": [{"epoch": r["epoch"], "loss": r["loss"]} for r in epochs],
+                  "events": events}
+    text = (f"added {len(new)} samples ({result['samples']} in the profile: "
+            f"{', '.join(f'{k} {v}' for k, v in result['counts'].items())}); trained "
+            f"{len(epochs)} epochs, loss {result['loss']:.4f}" if epochs else "no training")
+    for event in events:
+        text += f"\n{event['event']}: {event.get('message', '')}"
+    _print(args, result, text)
+    return 0
+
+
+@command("eval")
+def cmd_eval(args) -> int:
+    from edgetune.runtime.personalizer import Personalizer
+
+    with Personalizer(profile=args.profile) as p:
+        result = p.evaluate(args.data)
+    lines = [f"accuracy {result['accuracy']:.3f} on {result['n']} images"]
+    for name, entry in result["per_class"].items():
+        lines.append(f"  {name:20s} {entry['accuracy']:.3f} ({entry['correct']}/{entry['n']})")
+    if result["skipped_classes"]:
+        lines.append(f"skipped unknown classes: {', '.join(result['skipped_classes'])}")
+    _print(args, result, "\n".join(lines))
+    return 0
+
+
+@command("predict")
+def cmd_predict(args) -> int:
+    from edgetune.runtime.personalizer import Personalizer
+
+    with Personalizer(profile=args.profile) as p:
+        results = [{"path": path, **p.predict(path)} for path in args.images]
+    lines = [f"{r['path']}: {r['label']} ({r['scores'][r['label']]:.3f})" for r in results]
+    _print(args, [{k: r[k] for k in ("path", "label", "scores")} for r in results],
+           "\n".join(lines))
+    return 0
+
+
+@command("export")
+def cmd_export(args) -> int:
+    from edgetune.runtime.personalizer import Personalizer
+
+    with Personalizer(profile=args.profile) as p:
+        path = p.export(args.output)
+        classes = p.classes()
+    _print(args, {"path": str(path), "bytes": path.stat().st_size, "classes": classes},
+           f"wrote {path} ({_size(path.stat().st_size)}), classes {', '.join(classes)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetune", description="Personalize neural networks "
                                      "on the device: build bundles, train, predict, export.")
@@ -107,6 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="show what a bundle holds and verify its hashes")
     p.add_argument("bundle")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("train", help="add a folder of images to a profile and train")
+    p.add_argument("bundle", help="the bundle (copied into the profile the first time)")
+    p.add_argument("--data", required=True, help="DIR/<class>/<image> folders")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("eval", help="accuracy of a profile on a folder of class folders")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict", help="classify images with a profile")
+    p.add_argument("--profile", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="write one standalone ONNX model")
+    p.add_argument("--profile", required=True)
+    p.add_argument("-o", "--output", required=True)
     p.add_argument("--json", action="store_true")
     return parser
 

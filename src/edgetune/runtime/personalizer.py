@@ -36,7 +36,8 @@ from edgetune.runtime.trainer import GraphTrainer, make_session
 
 CLASSES = "classes"
 BASE_BATCH = 16
-EXPLODE_FACTOR = 10.0  # an epoch loss this many times the first one is a divergence
+EXPLODE_FACTOR = 10.0  # an epoch loss this many times the one before training diverged
+GROWTH_LIMIT = 1e3  # so did a parameter that grew this many times (+1) in one fit
 MAX_ROLLBACKS = 3
 
 
@@ -54,11 +55,14 @@ class Personalizer:
 
     bundle: a bundle directory (copied into the profile the first time) or None to use
     the profile's copy. threads: onnxruntime threads per session (None: its default).
+    min_image_size: smaller images are refused (28x28 Fashion-MNIST is fine; an icon
+    is not).
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
                  profile: str | os.PathLike = "profile", *, threads: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, min_image_size: int = 16):
+        self.min_image_size = min_image_size
         self.profile = Path(profile)
         self.profile.mkdir(parents=True, exist_ok=True)
         self.bundle = self._open_bundle(bundle)
@@ -82,6 +86,7 @@ class Personalizer:
         self._infer_io = self.bundle.io("infer")
         self._class_axis = {s["train_input"]: _class_axis(s["shape"])
                             for s in self.bundle.params + self.bundle.state}
+        self._trainable_names = [p["train_input"] for p in self.bundle.params]
         self._values, self._columns, self._trained, self.step = self._initial_state()
         self._prototypes = PrototypeClassifier()
         self._prototypes_stale = True
@@ -184,7 +189,7 @@ class Personalizer:
     def _to_input(self, image) -> np.ndarray:
         shape, dtype = self._input["shape"], np.dtype(self._input["dtype"])
         if self._input.get("layout") == "NHWC" and self._input.get("color") == "RGB":
-            return prepare(image, (shape[2], shape[1]))
+            return prepare(image, (shape[2], shape[1]), min_size=self.min_image_size)
         array = np.asarray(image)
         expected = tuple(shape[1:])
         if array.shape != expected or array.dtype != dtype:
@@ -253,11 +258,19 @@ class Personalizer:
         return self.store.class_names()
 
     def _sync_classes(self) -> None:
-        """Make the parameter columns follow the store's classes (added, removed)."""
+        """Make the parameter columns follow the store's classes (added, removed). After
+        training, a new class's column starts at its class mean, so it can be predicted
+        at once."""
         classes = self.store.class_names()
-        if classes != self._columns:
-            self._values, self._columns = self._remap(self._values, self._columns, classes)
-            self._publish()
+        if classes == self._columns:
+            return
+        fresh = [i for i, c in enumerate(classes) if c not in self._columns]
+        values, self._columns = self._remap(self._values, self._columns, classes)
+        if self._trained and fresh:
+            X, y = self.store.features_and_labels()
+            self._imprint(values, X, y, fresh)
+        self._values = values
+        self._publish()
 
     # -- prediction --
     def predict(self, image) -> dict:
@@ -320,11 +333,13 @@ class Personalizer:
         return trainer
 
     @staticmethod
-    def _run_epoch(trainer: GraphTrainer, X, y, weights, batch_size: int) -> np.ndarray:
+    def _run_epoch(trainer: GraphTrainer, X, y, weights, batch_size: int,
+                   lr: float | None = None) -> np.ndarray:
         if trainer.has_epoch_graph:
-            return trainer.epoch(X, y, weights, batch_size)
+            return trainer.epoch(X, y, weights, batch_size, lr=lr)
         return np.array([trainer.step(X[i:i + batch_size], y[i:i + batch_size],
-                                      None if weights is None else weights[i:i + batch_size])
+                                      None if weights is None else weights[i:i + batch_size],
+                                      lr=lr)
                          for i in range(0, len(y), batch_size)])
 
     def fit(self, epochs: int = 20, batch_size: int | None = None, lr: float | None = None,
@@ -353,9 +368,10 @@ class Personalizer:
                 self._imprint(self._values, X, y, range(len(self._columns)))
             trainer = self._trainer(lr)
             columns = list(self._columns)
-        first = best = None
         good = {k: v.copy() for k, v in trainer.values.items()}
-        good_step, rollbacks, stale = trainer.step_count, 0, 0
+        good_step, rollbacks, stale, best = trainer.step_count, 0, 0, None
+        reference = self._reference_loss(trainer, X, y, balanced, batch_size, good, good_step)
+        scale = {k: float(np.abs(v).max(initial=0.0)) for k, v in good.items()}
         for epoch in range(1, epochs + 1):
             if self._stop.is_set():
                 break
@@ -375,17 +391,15 @@ class Personalizer:
             losses = self._run_epoch(trainer, X[order], y[order],
                                      None if weights is None else weights[order], size)
             loss = float(np.mean(losses))
-            first = loss if first is None else first
-            exploded = not np.isfinite(loss) or loss > EXPLODE_FACTOR * (first + 1.0) or \
-                not all(np.isfinite(v).all() for v in trainer.values.values())
-            if exploded:
+            problem = _divergence(loss, reference, trainer.values, scale, self._trainable_names)
+            if problem:
                 rollbacks += 1
                 trainer.values = {k: v.copy() for k, v in good.items()}
                 trainer.step_count = good_step
                 trainer.lr = lr = lr * 0.1
                 record = {"epoch": epoch, "event": "rollback", "loss": loss, "lr": lr,
-                          "message": f"loss {loss:.4g} diverged; rolled back to the last good "
-                                     f"parameters and lowered the learning rate to {lr:.3g}"}
+                          "message": f"{problem}; rolled back to the last good parameters "
+                                     f"and lowered the learning rate to {lr:.3g}"}
                 warnings.warn(record["message"], RuntimeWarning, stacklevel=2)
                 records.append(record)
                 if callback:
@@ -421,6 +435,17 @@ class Personalizer:
             self.save()
         return records
 
+    def _reference_loss(self, trainer, X, y, balanced, batch_size, good, good_step) -> float:
+        """The loss before training (an lr=0 pass, then undone): what divergence is
+        measured against, since a too-large lr can blow up the very first epoch."""
+        weights = _balanced_weights(y, len(self._columns)) if balanced else None
+        losses = self._run_epoch(trainer, X, y, weights, min(batch_size or 32, len(y)),
+                                 lr=0.0)
+        trainer.values = {k: v.copy() for k, v in good.items()}
+        trainer.step_count = good_step
+        loss = float(np.mean(losses))
+        return loss if np.isfinite(loss) else 0.0
+
     def start_training(self, epochs: int = 50, callback: Callable[[dict], None] | None = None,
                        **kwargs) -> None:
         """Train in a background thread; predictions keep working meanwhile."""
@@ -442,10 +467,16 @@ class Personalizer:
             self._thread.start()
 
     def stop_training(self, timeout: float | None = None) -> None:
+        """Ask background training to stop after the current epoch, and wait for it."""
         self._stop.set()
+        self.wait_training(timeout)
+
+    def wait_training(self, timeout: float | None = None) -> bool:
+        """Wait for background training to finish; True if it has."""
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        return not self.is_training
 
     @property
     def is_training(self) -> bool:
@@ -517,6 +548,23 @@ class Personalizer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _divergence(loss: float, reference: float, values: dict, scale: dict,
+                trainable: Sequence[str]) -> str | None:
+    """Why an epoch diverged, or None: a non-finite or exploding loss or parameter."""
+    if not np.isfinite(loss):
+        return f"the loss became {loss}"
+    if loss > EXPLODE_FACTOR * (reference + 1.0):
+        return f"the loss exploded to {loss:.4g} (it was {reference:.4g} before training)"
+    for name in trainable:
+        value = values[name]
+        if not np.isfinite(value).all():
+            return f"parameter {name} became non-finite"
+        peak = float(np.abs(value).max(initial=0.0))
+        if peak > GROWTH_LIMIT * (1.0 + scale[name]):
+            return f"parameter {name} exploded to {peak:.3g} (it was {scale[name]:.3g})"
+    return None
 
 
 def _class_axis(shape: Sequence) -> int | None:
