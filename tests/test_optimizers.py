@@ -40,8 +40,8 @@ OPTIMIZERS = [
 
 
 def _torch_mlp(params, x):
-    h = torch.relu(x @ params["hidden.weight"] + params["hidden.bias"])
-    return h @ params["head.weight"] + params["head.bias"]
+    h = torch.relu(x @ params["hidden.weight"].T + params["hidden.bias"])
+    return h @ params["head.weight"].T + params["head.bias"]
 
 
 def _batches(n, batch, steps, seed=0):
@@ -99,14 +99,14 @@ def test_loss_and_its_gradient_match_torch(digits, name, loss, torch_loss):
     """One SGD step with lr=1 moves the parameters by exactly minus the gradient."""
     x, y = digits[0][:48], digits[1][:48]
     head, shapes = SoftmaxClassifier(classes=10).build([64])
-    init = {"head.weight": np.random.default_rng(3).standard_normal((64, 10)).astype(np.float32)
+    init = {"head.weight": np.random.default_rng(3).standard_normal((10, 64)).astype(np.float32)
             * 0.3, "head.bias": np.linspace(-1, 1, 10).astype(np.float32)}
     graphs = build_training_graphs(head, loss, SGD(lr=1.0), param_shapes=shapes)
     trainer = trainer_for(graphs, lr=1.0, params=init)
     value = trainer.step(x, y)
     w = torch.tensor(init["head.weight"], requires_grad=True)
     b = torch.tensor(init["head.bias"], requires_grad=True)
-    expected = torch_loss(torch.tensor(x) @ w + b, torch.tensor(y))
+    expected = torch_loss(torch.tensor(x) @ w.T + b, torch.tensor(y))
     expected.backward()
     assert value == pytest.approx(expected.item(), rel=1e-5)
     np.testing.assert_allclose(init["head.weight"] - trainer.values["head.weight"],
@@ -140,10 +140,11 @@ def test_sample_weights_match_a_weighted_torch_mean(digits):
     head, shapes = SoftmaxClassifier(classes=10).build([64])
     graphs = build_training_graphs(head, SoftmaxCrossEntropy(label_smoothing=0.05), SGD(lr=1.0),
                                    param_shapes=shapes)
-    init = {"head.weight": np.full((64, 10), 0.01, np.float32),
+    init = {"head.weight": np.full((10, 64), 0.01, np.float32),
             "head.bias": np.arange(10, dtype=np.float32) / 10}
     value = trainer_for(graphs, lr=1.0, params=init).step(x, y, weights)
-    logits = torch.tensor(x) @ torch.tensor(init["head.weight"]) + torch.tensor(init["head.bias"])
+    logits = torch.tensor(x) @ torch.tensor(init["head.weight"]).T + torch.tensor(
+        init["head.bias"])
     rows = _torch_rows_ce(logits, torch.tensor(y), smoothing=0.05)
     expected = (rows * torch.tensor(weights)).sum() / weights.sum()
     assert value == pytest.approx(expected.item(), rel=1e-5)

@@ -134,15 +134,15 @@ def test_one_graph_serves_any_number_of_classes(digits):
     x, y = digits
     head, shapes = SoftmaxClassifier(classes=3).build([64])
     graphs = build_training_graphs(head, SoftmaxCrossEntropy(), SGD(lr=0.5), param_shapes=shapes)
-    assert graphs.params[0].shape == [64, "classes"]
+    assert graphs.params[0].shape == ["classes", 64]
     for classes in (2, 5, 10):
         keep = y < classes
-        init = {"head.weight": np.zeros((64, classes), np.float32),
+        init = {"head.weight": np.zeros((classes, 64), np.float32),
                 "head.bias": np.zeros(classes, np.float32)}
         trainer = trainer_for(graphs, lr=0.5, params=init)
         losses = [trainer.epoch(x[keep], y[keep], batch_size=64).mean() for _ in range(5)]
         assert losses[-1] < losses[0]
-        assert trainer.values["head.weight"].shape == (64, classes)
+        assert trainer.values["head.weight"].shape == (classes, 64)
         assert _accuracy(graphs, trainer, x[keep], y[keep]) > 0.9
 
 

@@ -84,11 +84,10 @@ class RuleContext:
         if target is None or source is None:
             raise self.error("unknown rank of an operand; broadcasting needs ranks")
         lead = len(source) - len(target)
-        axes = list(range(lead))
-        axes += [lead + j for j, t in enumerate(target) if t == 1 and source[lead + j] != 1]
-        if not axes:
-            return g
-        g = self.b.reduce_sum(g, axes, keepdims=True)
+        inner = [lead + j for j, t in enumerate(target) if t == 1 and source[lead + j] != 1]
+        if not inner:  # only leading axes (or none): summing them away gives the shape
+            return self.b.reduce_sum(g, list(range(lead))) if lead else g
+        g = self.b.reduce_sum(g, list(range(lead)) + inner, keepdims=True)
         return self.b.Reshape(g, self.b.shape_of(self.x[i])) if lead else g
 
 
@@ -151,7 +150,8 @@ def gradients(b: GraphBuilder, outputs: Sequence[Var], wrt: Sequence[Var],
     for i, out in enumerate(outputs):
         seed = output_grads[i] if output_grads else None
         if seed is None:
-            seed = b.Expand(b.const(1.0), b.shape_of(out))
+            rank = shapes.get(out.name, (None, None))[1]
+            seed = b.const(1.0) if rank == [] else b.Expand(b.const(1.0), b.shape_of(out))
         grads.setdefault(out.name, []).append(seed)
 
     for node in reversed(forward):

@@ -88,10 +88,16 @@ class _StepBuilder:
         (logits,) = b.inline(self.head_graph, {self.features_input: features,
                                                **dict(zip([p.name for p in self.params],
                                                           params, strict=True))})[:1]
-        loss = self.loss(b, logits, labels, sample_weight)
-        if self.l2:
+        shortcut = self.loss.with_logits_gradient(b, logits, labels, sample_weight)
+        if shortcut is not None:
+            loss, logits_grad = shortcut
+            grads = gradients(b, [logits], params, output_grads=[logits_grad])
+        else:
+            loss = self.loss(b, logits, labels, sample_weight)
+            grads = gradients(b, [loss], params)
+        if self.l2:  # 0.5 * l2 * |p|^2 in the loss, l2 * p in the gradient
             loss = loss + (0.5 * self.l2) * b.add_all([b.sum_all(p * p) for p in params])
-        grads = gradients(b, [loss], params)
+            grads = [g + self.l2 * p for g, p in zip(grads, params)]
         new_params, new_state = self.optimizer.update(b, params, grads, state, lr, step)
         return loss, new_params, new_state
 
@@ -184,10 +190,9 @@ def _epoch_graph(train: onnx.ModelProto, features_shape, params, state):
     iteration = body.input(prefix + "iteration", np.int64, [])
     cond = body.input(prefix + "cond", np.bool_, [])
     step = body.input(prefix + "step", np.int64, [])
+    start = body.input(prefix + "start", np.int64, [1])  # first row of this mini-batch
     carried = [body.input(prefix + s.train_input, np.float32, s.shape) for s in params + state]
-    batch = body.var("batch_size")
-    start = body.Reshape(iteration * batch, body.ints([1]))
-    end = start + body.Reshape(batch, body.ints([1]))
+    end = start + body.var("batch_size_1d")
 
     def rows(name: str) -> Var:
         return body.Slice(body.var(name), start, end, body.ints([0]))
@@ -196,9 +201,12 @@ def _epoch_graph(train: onnx.ModelProto, features_shape, params, state):
                    "sample_weight": rows("sample_weight"), "lr": body.var("lr"), "step": step}
     step_inputs.update({s.train_input: v for s, v in zip(params + state, carried, strict=True)})
     loss, *updated = body.inline(train.graph, step_inputs, prefix=prefix + "step/")
+    del iteration  # the mini-batch offset is carried instead: one Add per iteration
     next_step = step + body.const(1, np.int64)
-    outputs = {prefix + "cond_out": body.Identity(cond), prefix + "step_out": next_step}
-    types = {prefix + "cond_out": (np.bool_, []), prefix + "step_out": (np.int64, [])}
+    outputs = {prefix + "cond_out": body.Identity(cond), prefix + "step_out": next_step,
+               prefix + "start_out": end}
+    types = {prefix + "cond_out": (np.bool_, []), prefix + "step_out": (np.int64, []),
+             prefix + "start_out": (np.int64, [1])}
     for spec, value in zip(params + state, updated, strict=True):
         outputs[prefix + spec.train_output] = value
         types[prefix + spec.train_output] = (np.float32, spec.shape)
@@ -217,9 +225,11 @@ def _epoch_graph(train: onnx.ModelProto, features_shape, params, state):
     n = b.Reshape(b.shape_of(b.var("features"), 0, 1), b.ints([]))
     one = b.const(1, np.int64)
     trips = (n + batch_size - one) / batch_size
-    results = b.op("Loop", trips, b.const(True, np.bool_), first_step, *outer,
-                   outputs=2 + len(outer), body=body_graph)
-    _, *final, losses = results
+    b.Reshape(batch_size, b.ints([1]), names=["batch_size_1d"])
+    results = b.op("Loop", trips, b.const(True, np.bool_), first_step,
+                   b.const(np.zeros(1, np.int64)), *outer, outputs=3 + len(outer),
+                   body=body_graph)
+    _, _, *final, losses = results
     graph_outputs = {"losses": losses}
     out_types = {"losses": (np.float32, ["batches"])}
     for spec, value in zip(params + state, final, strict=True):

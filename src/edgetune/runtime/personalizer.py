@@ -316,12 +316,13 @@ class Personalizer:
         weight = next((p for p in self.bundle.params if p["name"] == "head.weight"), None)
         bias = next((p for p in self.bundle.params if p["name"] == "head.bias"), None)
         fresh = list(fresh)
-        if not fresh or weight is None or bias is None or \
-                weight["shape"] != [*self.features_shape, CLASSES]:
+        if not fresh or weight is None or bias is None or sorted(
+                weight["shape"], key=str) != sorted([*self.features_shape, CLASSES], key=str):
             return
         W, b = imprint_weights(X.reshape(len(X), -1), y, values[bias["train_input"]].shape[0])
-        for c in fresh:
-            values[weight["train_input"]][:, c] = W[:, c]
+        columns = np.moveaxis(values[weight["train_input"]], weight["shape"].index(CLASSES), -1)
+        for c in fresh:  # columns is a view: this writes the weight, whatever its layout
+            columns[..., c] = W[:, c]
             values[bias["train_input"]][c] = b[c]
 
     def _trainer(self, lr: float) -> GraphTrainer:
