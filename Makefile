@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[build,dev]'
+	$(PY) -m pip install --quiet -e '.[build,dev,serve]'
 	touch $(STAMP)
 
 # onnxruntime-node for the JavaScript bundle test; --ignore-scripts because its install
@@ -19,7 +19,7 @@ $(JS_STAMP): tests/js/package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund --prefix tests/js
 
 run: $(STAMP)
-	$(PY) -m edgetune.examples.quickstart
+	$(PY) -m edgetune.server
 
 test: $(STAMP) $(JS_STAMP)
 	$(PY) -m ruff check src tests bench

@@ -2,12 +2,14 @@
 
     edgetune convert --base efficientnet-lite0 --head softmax --classes 4 -o m.edgetune
     edgetune inspect m.edgetune --json
+    edgetune serve --profile me/        # the teachable camera on http://127.0.0.1:8321/
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -182,6 +184,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+@command("serve")
+def cmd_serve(args) -> int:
+    from edgetune.server import serve
+
+    return serve(bundle=args.bundle, profile=args.profile, host=args.host, port=args.port,
+                 token=args.token or None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetune", description="Personalize neural networks "
                                      "on the device: build bundles, train, predict, export.")
@@ -233,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="the teachable camera: a local web app that records "
+                       "samples, trains and predicts live")
+    p.add_argument("--bundle", help="bundle to personalize (default: the profile's own copy, "
+                   "else the default EfficientNet-Lite0 + softmax bundle, built once into "
+                   "the cache: $EDGETUNE_CACHE or ~/.cache/edgetune)")
+    p.add_argument("--profile", help="profile directory (default: $EDGETUNE_PROFILE, else "
+                   "$XDG_DATA_HOME/edgetune/profile or ~/.local/share/edgetune/profile)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8321, help="port (default 8321)")
+    p.add_argument("--token", default=os.environ.get("EDGETUNE_TOKEN"),
+                   help="access token every request must carry (default: $EDGETUNE_TOKEN); "
+                   "required to listen on a non-loopback address")
     return parser
 
 

@@ -254,6 +254,15 @@ class Personalizer:
     def counts(self) -> dict[str, int]:
         return self.store.counts()
 
+    def samples(self):
+        """The stored samples (id, label, created_at, source), without features."""
+        return self.store.samples()
+
+    @property
+    def trained(self) -> bool:
+        """Whether predictions come from a trained head (else from class prototypes)."""
+        return self._snapshot.trained
+
     def classes(self) -> list[str]:
         return self.store.class_names()
 
@@ -408,6 +417,8 @@ class Personalizer:
                 if rollbacks >= MAX_ROLLBACKS:
                     records.append({"epoch": epoch, "event": "stopped",
                                     "message": f"stopped after {rollbacks} rollbacks"})
+                    if callback:
+                        callback(records[-1])
                     break
                 continue
             good = {k: v.copy() for k, v in trainer.values.items()}
@@ -430,6 +441,8 @@ class Personalizer:
                 if early_stop and stale >= patience:
                     records.append({"epoch": epoch, "event": "early_stop",
                                     "message": f"loss has not improved for {patience} epochs"})
+                    if callback:
+                        callback(records[-1])
                     break
         self.history.extend(records)
         if self._trained:
