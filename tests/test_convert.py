@@ -176,6 +176,7 @@ def test_int8_base_in_the_bundle(edgetune_cache, tmp_path, photos):
     saved = Bundle.load(bundle.save(tmp_path / "q.edgetune"))
     report = saved.manifest["quantization"]
     assert report["int8_bytes"] < 0.35 * report["fp32_bytes"]
+    assert report["neighbour_agreement"] >= 0.9 and report["mean_cosine"] > 0.98
     fp32 = _features(saved, images)
     session = ort.InferenceSession(saved.graph("base_int8"))
     int8 = session.run(["features"], {"image": images})[0]

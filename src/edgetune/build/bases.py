@@ -980,3 +980,39 @@ def prediction_agreement(
         b = s8.run(None, {input_name: batch})[0]
         same += int((a.argmax(axis=-1) == b.argmax(axis=-1)).sum())
     return same / len(pixels)
+
+
+def feature_agreement(
+    fp32_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    images: Sequence[Any],
+    *,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """How closely an int8 feature base follows its fp32 original on ``images``.
+
+    A feature base has no classes of its own, so "agreement of predictions" is measured
+    the way a personalized head uses features: ``neighbour_agreement`` is the fraction
+    of images whose nearest other image (cosine) is the same under both models; also
+    the mean and minimum cosine similarity between the two feature vectors of an image.
+    """
+    s32, s8 = _session(fp32_path), _session(int8_path)
+    input_name, size = _image_input(onnx.load(os.fspath(fp32_path), load_external_data=False))
+    pixels = [load_image(im, size) for im in images]
+    if len(pixels) < 2:
+        raise ValueError("need at least two images to compare features")
+    a, b = [], []
+    for start in range(0, len(pixels), batch_size):
+        batch = np.stack(pixels[start : start + batch_size])
+        a.append(s32.run(None, {input_name: batch})[0].reshape(len(batch), -1))
+        b.append(s8.run(None, {input_name: batch})[0].reshape(len(batch), -1))
+    fa, fb = np.concatenate(a), np.concatenate(b)
+    fa /= np.linalg.norm(fa, axis=1, keepdims=True) + 1e-12
+    fb /= np.linalg.norm(fb, axis=1, keepdims=True) + 1e-12
+    cosine = (fa * fb).sum(axis=1)
+    sim_a, sim_b = fa @ fa.T, fb @ fb.T
+    np.fill_diagonal(sim_a, -np.inf)
+    np.fill_diagonal(sim_b, -np.inf)
+    same = float((sim_a.argmax(axis=1) == sim_b.argmax(axis=1)).mean())
+    return {"neighbour_agreement": same, "mean_cosine": float(cosine.mean()),
+            "min_cosine": float(cosine.min()), "images": len(pixels)}

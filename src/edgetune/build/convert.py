@@ -318,8 +318,11 @@ def _quantized_base(base_bytes: bytes, calibration_dir) -> tuple[bytes, dict]:
         fp32, int8 = Path(tmp) / "base.onnx", Path(tmp) / "base.int8.onnx"
         fp32.write_bytes(base_bytes)
         report = bases.quantize_base(fp32, calibration_dir, int8)
+        files = bases._image_files(Path(calibration_dir))[:64]
+        report.update(bases.feature_agreement(fp32, int8, files))
         data = int8.read_bytes()
-    return data, {k: v for k, v in report.items() if isinstance(v, int | float | str)}
+    return data, {k: v for k, v in report.items()
+                  if isinstance(v, int | float | str) and not k.endswith("_path")}
 
 
 __all__ = ["Trainable", "convert", "load_base", "resolve_head", "resolve_optimizer"]
