@@ -70,15 +70,6 @@ def edgetune_cache(tmp_path_factory):
     return path
 
 
-def bundle_trainer(bundle, lr=None, threads=1, classes=None):
+def bundle_trainer(bundle, lr=None, threads=1):
     """A GraphTrainer for a loaded or built Bundle, from its manifest alone."""
-    values = bundle.initial_values()
-    params = {p["train_input"]: values[p["name"]] for p in bundle.params}
-    by_name = {p["name"]: p for p in bundle.params}
-    state = {s["train_input"]: np.zeros_like(params[by_name[s["param"]]["train_input"]])
-             for s in bundle.state}
-    io = {s["train_input"]: s["train_output"] for s in bundle.params + bundle.state}
-    return GraphTrainer(bundle.graph("train"), params, state, io,
-                        epoch=bundle.graph("train_epoch"),
-                        lr=bundle.manifest["optimizer"]["lr"] if lr is None else lr,
-                        threads=threads)
+    return GraphTrainer.for_bundle(bundle, lr=lr, threads=threads)

@@ -80,12 +80,19 @@ def _check_shape(shape, where: str, allow_null: bool = False) -> None:
           f"{MAX_ELEMENTS} are allowed")
 
 
+def _numeric_dtype(name: str) -> bool:
+    try:
+        return np.dtype(name).kind in "biuf"
+    except Exception:  # numpy raises TypeError, ValueError or SyntaxError on odd strings
+        return False
+
+
 def _check_file_entry(entry, where: str) -> None:
     _need(isinstance(entry, dict), where, "must be an object")
     name = _check_str(entry, "file", where)
     _need("/" not in name and "\\" not in name and name not in (".", "..")
-          and not name.startswith("."), f"{where}.file",
-          f"must be a plain file name inside the bundle, got {name!r}")
+          and not name.startswith(".") and "\x00" not in name and len(name) <= 200,
+          f"{where}.file", f"must be a plain file name inside the bundle, got {name!r}")
     _need(isinstance(entry.get("sha256"), str) and bool(_SHA256.match(entry["sha256"])),
           f"{where}.sha256", "must be 64 lowercase hex digits")
 
@@ -120,7 +127,10 @@ def validate_manifest(manifest) -> None:
     _need(isinstance(inp, dict), "input", "must be an object")
     _check_str(inp, "name", "input")
     _check_str(inp, "dtype", "input")
+    _need(_numeric_dtype(inp["dtype"]), "input.dtype", "must name a numeric dtype, e.g. uint8")
     _check_shape(inp.get("shape"), "input.shape", allow_null=True)
+    _need(inp.get("layout") != "NHWC" or len(inp["shape"]) == 4, "input.shape",
+          "must be [batch, height, width, channels] for layout NHWC")
     feats = manifest.get("features")
     _need(isinstance(feats, dict), "features", "must be an object")
     _check_shape(feats.get("shape"), "features.shape")
@@ -144,6 +154,10 @@ def validate_manifest(manifest) -> None:
     _need(len(manifest["params"]) > 0, "params", "must list at least one parameter")
     _check_tensor_specs(manifest.get("state", []), "state", ("train_input", "train_output",
                                                              "param"))
+    names = {spec["name"] for spec in manifest["params"]}
+    for i, spec in enumerate(manifest.get("state", [])):
+        _need(spec["param"] in names, f"state[{i}].param", f"names no parameter: "
+              f"{spec['param']!r}")
     _check_file_entry(manifest.get("init"), "init")
 
 
@@ -167,11 +181,13 @@ class Bundle:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise BundleError(f"{root} has no {MANIFEST}; it is not an edgetune bundle")
+        if not manifest_path.resolve().is_relative_to(root.resolve()):
+            raise BundleError(f"{manifest_path} resolves outside the bundle directory")
         if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{manifest_path} is larger than {MAX_MANIFEST_BYTES} bytes")
         try:
             manifest = json.loads(manifest_path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # also too deep, or a too long integer
             raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
         validate_manifest(manifest)
         files = {}
@@ -193,11 +209,15 @@ class Bundle:
     def _read_verified(root: Path, entry: dict, where: str) -> bytes:
         file = root / entry["file"]
         real_root = root.resolve()
-        if not file.resolve().is_relative_to(real_root):
-            raise BundleError(f"{where}: {entry['file']} resolves outside the bundle directory")
-        if not file.is_file():
-            raise BundleError(f"{where}: {entry['file']} is missing from {root}")
-        data = file.read_bytes()
+        try:
+            if not file.resolve().is_relative_to(real_root):
+                raise BundleError(f"{where}: {entry['file']} resolves outside the bundle "
+                                  f"directory")
+            if not file.is_file():
+                raise BundleError(f"{where}: {entry['file']} is missing from {root}")
+            data = file.read_bytes()
+        except OSError as e:
+            raise BundleError(f"{where}: cannot read {entry['file']!r} ({e})") from None
         if sha256(data) != entry["sha256"]:
             raise BundleError(f"{where}: sha256 of {entry['file']} does not match the manifest; "
                               f"the file changed after the bundle was written (re-copy or "
@@ -211,8 +231,11 @@ class Bundle:
             raise BundleError(f"graphs.{role}: {name} is not a valid ONNX file ({e})") from None
         real_root = root.resolve()
         for location in locations:
-            target = (root / location).resolve()
-            if not location or os.path.isabs(location) or not target.is_relative_to(real_root):
+            try:
+                inside = (root / location).resolve().is_relative_to(real_root)
+            except (OSError, ValueError):  # a NUL byte, a name too long for the system
+                inside = False
+            if not location or os.path.isabs(location) or not inside:
                 raise BundleError(f"graphs.{role}: {name} refers to external data "
                                   f"{location!r} outside the bundle directory; refusing to "
                                   f"load it")

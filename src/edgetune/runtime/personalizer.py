@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 import warnings
@@ -82,8 +83,9 @@ class Personalizer:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.RLock()  # guards parameter structure changes and training state
         self._base = None
-        self._infer = make_session(self.bundle.graph("infer"), threads)
+        self._train_sessions: dict | None = None
         self._infer_io = self.bundle.io("infer")
+        self._infer = self._session("infer", [p["infer_input"] for p in self.bundle.params])
         self._class_axis = {s["train_input"]: _class_axis(s["shape"])
                             for s in self.bundle.params + self.bundle.state}
         self._trainable_names = [p["train_input"] for p in self.bundle.params]
@@ -99,6 +101,8 @@ class Personalizer:
     # -- opening --
     def _open_bundle(self, bundle) -> Bundle:
         copy = self.profile / "bundle.edgetune"
+        for stale in self.profile.glob(".bundle.edgetune.*"):  # a copy cut short by a crash
+            shutil.rmtree(stale, ignore_errors=True)
         if bundle is None:
             if not copy.is_dir():
                 raise BundleError(f"profile {self.profile} has no bundle yet; pass the bundle "
@@ -181,9 +185,27 @@ class Personalizer:
         self._snapshot = _Snapshot(params, tuple(self._columns), self._trained)
 
     # -- samples --
+    def _session(self, role: str, inputs: Sequence[str] = (), outputs: Sequence[str] = ()):
+        """An onnxruntime session for a bundle graph whose tensor names match the manifest;
+        any mismatch or onnxruntime refusal is a BundleError naming the graph."""
+        roles_in, roles_out = self.bundle.io(role)
+        try:
+            session = make_session(self.bundle.graph(role), self._threads)
+        except Exception as e:  # onnxruntime raises many types for a broken graph
+            raise BundleError(f"graph {role!r} of the bundle cannot be loaded by onnxruntime: "
+                              f"{type(e).__name__}: {e}") from None
+        have_in = {i.name for i in session.get_inputs()}
+        have_out = {o.name for o in session.get_outputs()}
+        missing = sorted((set(roles_in.values()) | set(inputs)) - have_in) + sorted(
+            (set(roles_out.values()) | set(outputs)) - have_out)
+        if missing:
+            raise BundleError(f"graph {role!r} of the bundle has no tensors {missing} that "
+                              f"its manifest names; rebuild the bundle")
+        return session
+
     def _base_session(self):
         if self._base is None:
-            self._base = make_session(self.bundle.graph("base"), self._threads)
+            self._base = self._session("base")
         return self._base
 
     def _to_input(self, image) -> np.ndarray:
@@ -291,6 +313,9 @@ class Personalizer:
 
     def predict_features(self, feats: np.ndarray) -> list[dict]:
         snap = self._snapshot  # one consistent parameter set, whatever training does meanwhile
+        if not np.isfinite(feats).all():
+            raise BadInputError("the base produced non-finite features for this input; check "
+                                "the image")
         if not snap.classes:
             raise BadInputError("no classes yet: add samples before predicting")
         if snap.trained:
@@ -335,10 +360,15 @@ class Personalizer:
             values[bias["train_input"]][c] = b[c]
 
     def _trainer(self, lr: float) -> GraphTrainer:
-        io = {s["train_input"]: s["train_output"] for s in self.bundle.params + self.bundle.state}
-        epoch = self.bundle.graph("train_epoch") if self.bundle.has_graph("train_epoch") else None
-        trainer = GraphTrainer(self.bundle.graph("train"), self._values, None, io, epoch=epoch,
-                               lr=lr, threads=self._threads)
+        specs = self.bundle.params + self.bundle.state
+        if self._train_sessions is None:  # made once, reused by every fit
+            self._train_sessions = {
+                role: self._session(role, [s["train_input"] for s in specs],
+                                    [s["train_output"] for s in specs])
+                for role in ("train", "train_epoch") if self.bundle.has_graph(role)}
+        trainer = GraphTrainer(self._train_sessions["train"], self._values, None,
+                               {s["train_input"]: s["train_output"] for s in specs},
+                               epoch=self._train_sessions.get("train_epoch"), lr=lr)
         trainer.step_count = self.step
         return trainer
 
@@ -366,7 +396,7 @@ class Personalizer:
             raise BadInputError(f"epochs is {epochs}; it must be at least 1")
         if batch_size is not None and batch_size < 1:
             raise BadInputError(f"batch_size is {batch_size}; it must be at least 1")
-        lr = float(self.bundle.manifest["optimizer"]["lr"] if lr is None else lr)
+        lr = float(_suggested_lr(self.bundle) if lr is None else lr)
         records = []
         self._stop.clear()
         with self._lock:
@@ -380,7 +410,12 @@ class Personalizer:
             columns = list(self._columns)
         good = {k: v.copy() for k, v in trainer.values.items()}
         good_step, rollbacks, stale, best = trainer.step_count, 0, 0, None
-        reference = self._reference_loss(trainer, X, y, balanced, batch_size, good, good_step)
+        weights = _balanced_weights(y, len(columns)) if balanced else None
+        size = min(batch_size or 32, len(y))
+        # What divergence is measured against: the loss before training, since a too
+        # large lr can blow up the very first epoch.
+        reference = self._probe_loss(trainer, X, y, weights, size)
+        reference = reference if np.isfinite(reference) else 0.0
         scale = {k: float(np.abs(v).max(initial=0.0)) for k, v in good.items()}
         for epoch in range(1, epochs + 1):
             if self._stop.is_set():
@@ -395,13 +430,17 @@ class Personalizer:
                     self._imprint(trainer.values, X, y, fresh)
                 elif epoch > 1 and len(self.store) != len(y):
                     X, y = self.store.features_and_labels()
-            weights = _balanced_weights(y, len(columns)) if balanced else None
+                weights = _balanced_weights(y, len(columns)) if balanced else None
+                size = min(batch_size or 32, len(y))
             order = self._rng.permutation(len(y))
-            size = min(batch_size or 32, len(y))
             losses = self._run_epoch(trainer, X[order], y[order],
                                      None if weights is None else weights[order], size)
             loss = float(np.mean(losses))
-            problem = _divergence(loss, reference, trainer.values, scale, self._trainable_names)
+            # An epoch's losses were measured before its updates: the new parameters'
+            # own loss decides whether they are accepted (and published).
+            after = self._probe_loss(trainer, X, y, weights, size)
+            problem = _divergence(max(loss, after) if np.isfinite(after) else after, reference,
+                                  trainer.values, scale, self._trainable_names)
             if problem:
                 rollbacks += 1
                 trainer.values = {k: v.copy() for k, v in good.items()}
@@ -449,16 +488,14 @@ class Personalizer:
             self.save()
         return records
 
-    def _reference_loss(self, trainer, X, y, balanced, batch_size, good, good_step) -> float:
-        """The loss before training (an lr=0 pass, then undone): what divergence is
-        measured against, since a too-large lr can blow up the very first epoch."""
-        weights = _balanced_weights(y, len(self._columns)) if balanced else None
-        losses = self._run_epoch(trainer, X, y, weights, min(batch_size or 32, len(y)),
-                                 lr=0.0)
-        trainer.values = {k: v.copy() for k, v in good.items()}
-        trainer.step_count = good_step
-        loss = float(np.mean(losses))
-        return loss if np.isfinite(loss) else 0.0
+    def _probe_loss(self, trainer: GraphTrainer, X, y, weights, size: int) -> float:
+        """The loss of the trainer's current parameters on all samples: a pass at lr 0
+        whose side effects (optimizer slots, step) are undone."""
+        values, step = trainer.values, trainer.step_count
+        trainer.values = dict(values)
+        losses = self._run_epoch(trainer, X, y, weights, size, lr=0.0)
+        trainer.values, trainer.step_count = values, step
+        return float(np.mean(losses))
 
     def start_training(self, epochs: int = 50, callback: Callable[[dict], None] | None = None,
                        **kwargs) -> None:
@@ -579,6 +616,12 @@ def _divergence(loss: float, reference: float, values: dict, scale: dict,
         if peak > GROWTH_LIMIT * (1.0 + scale[name]):
             return f"parameter {name} exploded to {peak:.3g} (it was {scale[name]:.3g})"
     return None
+
+
+def _suggested_lr(bundle: Bundle) -> float:
+    optimizer = bundle.manifest.get("optimizer")
+    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
+    return float(lr) if isinstance(lr, int | float) and lr > 0 else 0.01
 
 
 def _class_axis(shape: Sequence) -> int | None:

@@ -434,15 +434,27 @@ class SampleStore:
         """
         with self._lock:
             rows = self._db.execute(
-                "SELECT s.features, c.position FROM samples s "
+                "SELECT s.id, s.features, c.position FROM samples s "
                 "JOIN classes c ON c.id = s.class_id ORDER BY s.id"
             ).fetchall()
             shape = self.feature_shape
         if shape is None:
             shape = (0,)
-        y = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-        blob = b"".join(r[0] for r in rows)
-        X = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape((len(rows), *shape))
+        # A row changed behind the store's back (a damaged file, another program) must
+        # not reach training as garbage: check the size and finiteness of every row.
+        size = 4 * int(np.prod(shape))
+        damaged = [r[0] for r in rows if not isinstance(r[1], bytes) or len(r[1]) != size]
+        if not damaged:
+            y = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+            blob = b"".join(r[1] for r in rows)
+            X = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape((len(rows), *shape))
+            finite = np.isfinite(X.reshape(len(rows), size // 4)).all(axis=1)
+            damaged = [rows[i][0] for i in np.flatnonzero(~finite)]
+        if damaged:
+            raise EdgetuneError(
+                f"sample store {self.path} is damaged: samples with ids {damaged[:10]} hold no "
+                f"valid features (wrong size, or NaN/Inf); remove them with remove_sample(id)"
+            )
         return X, y
 
     def __len__(self) -> int:

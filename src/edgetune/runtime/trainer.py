@@ -17,8 +17,12 @@ import numpy as np
 import onnxruntime as ort
 
 
-def make_session(model: bytes | str, threads: int | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session; `threads=1` for predictable benchmarks."""
+def make_session(model: bytes | str | ort.InferenceSession,
+                 threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session (a given session is used as is); `threads=1` for
+    predictable benchmarks."""
+    if isinstance(model, ort.InferenceSession):
+        return model
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -34,9 +38,11 @@ class GraphTrainer:
     io: train-graph input name -> the output name that carries its updated value.
     """
 
-    def __init__(self, train: bytes | str, params: Mapping[str, np.ndarray],
-                 state: Mapping[str, np.ndarray] | None, io: Mapping[str, str], *,
-                 epoch: bytes | str | None = None, lr: float = 0.01, threads: int | None = None):
+    def __init__(self, train: bytes | str | ort.InferenceSession,
+                 params: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray] | None,
+                 io: Mapping[str, str], *,
+                 epoch: bytes | str | ort.InferenceSession | None = None, lr: float = 0.01,
+                 threads: int | None = None):
         self.values = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
         self.values.update({k: np.ascontiguousarray(v, np.float32)
                             for k, v in (state or {}).items()})
@@ -48,6 +54,27 @@ class GraphTrainer:
         missing = [n for n in self.io if n not in self.values]
         if missing:
             raise ValueError(f"no initial value for graph inputs {missing}")
+
+    @classmethod
+    def for_bundle(cls, bundle, values: Mapping[str, np.ndarray] | None = None, *,
+                   lr: float | None = None, threads: int | None = None) -> GraphTrainer:
+        """A trainer for an `edgetune.bundle.Bundle`, from its manifest alone.
+
+        values: train-graph input name -> value (default: the bundle's initial
+        parameters and zero optimizer state). lr defaults to the manifest's.
+        """
+        specs = bundle.params + bundle.state
+        if values is None:
+            initial = bundle.initial_values()
+            values = {p["train_input"]: initial[p["name"]] for p in bundle.params}
+            by_name = {p["name"]: p["train_input"] for p in bundle.params}
+            values.update({s["train_input"]: np.zeros_like(values[by_name[s["param"]]])
+                           for s in bundle.state})
+        epoch = bundle.graph("train_epoch") if bundle.has_graph("train_epoch") else None
+        return cls(bundle.graph("train"), values, None,
+                   {s["train_input"]: s["train_output"] for s in specs}, epoch=epoch,
+                   lr=bundle.manifest.get("optimizer", {}).get("lr", 0.01) if lr is None else lr,
+                   threads=threads)
 
     @property
     def has_epoch_graph(self) -> bool:
