@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from common import cpu_model, write_section  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import trainer_for  # noqa: E402
@@ -32,16 +33,6 @@ from edgetune.build.optimizers import SGD  # noqa: E402
 from edgetune.build.train_graph import build_training_graphs  # noqa: E402
 
 FEATURES, CLASSES, BATCH, LR = 1280, 4, 32, 0.01
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def best_of(fn, repeats: int) -> float:
@@ -124,18 +115,6 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     write_section(Path(args.out), "## Training step:", section)
-
-
-def write_section(path: Path, heading: str, section: str) -> None:
-    """Replace (or append) the section that starts with `heading` in BENCHMARKS.md."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, make_session
 
 CLASSES = "classes"
-BASE_BATCH = 16
+# Images per base call: activations of 16 at once double the peak memory (336 vs
+# 190 MiB for EfficientNet-Lite0) and are no faster (bench/personalize.py).
+BASE_BATCH = 4
 EXPLODE_FACTOR = 10.0  # an epoch loss this many times the one before training diverged
 GROWTH_LIMIT = 1e3  # so did a parameter that grew this many times (+1) in one fit
 MAX_ROLLBACKS = 3
@@ -115,8 +117,8 @@ class Personalizer:
                 raise BundleError(f"profile {self.profile} was made with another bundle "
                                   f"({pinned.path}); use a new profile for {loaded.path}")
             return pinned
-        loaded.save(copy)
-        return Bundle.load(copy)
+        loaded.save(copy)  # verified when loaded; the copy was written from the same bytes
+        return Bundle(loaded.manifest, loaded.files, copy.resolve())
 
     def _fresh_values(self, n_classes: int) -> dict[str, np.ndarray]:
         initial = self.bundle.initial_values()
@@ -241,7 +243,16 @@ class Personalizer:
         labels = [_check_label(label) for label in labels]
         if len(images) != len(labels):
             raise BadInputError(f"{len(images)} images but {len(labels)} labels")
-        feats = self.features(images)
+        return self.add_features(self.features(images), labels, sources)
+
+    def add_features(self, feats: np.ndarray, labels: Sequence[str],
+                     sources: Sequence[str | None] | None = None) -> list[int]:
+        """Add samples whose features (the base's output, [n, *features]) are known."""
+        labels = [_check_label(label) for label in labels]
+        feats = np.asarray(feats, np.float32)
+        if feats.shape != (len(labels), *self.features_shape):
+            raise BadInputError(f"features of shape {feats.shape} do not match {len(labels)} "
+                                f"labels of features {list(self.features_shape)}")
         if not np.isfinite(feats).all():
             raise BadInputError("the base produced non-finite features for an input; check the "
                                 "image")
@@ -412,7 +423,7 @@ class Personalizer:
         good_step, rollbacks, stale, best = trainer.step_count, 0, 0, None
         weights = _balanced_weights(y, len(columns)) if balanced else None
         size = min(batch_size or 32, len(y))
-        # What divergence is measured against: the loss before training, since a too
+        # What divergence is measured against: the fit before training, since a too
         # large lr can blow up the very first epoch.
         reference = self._probe_loss(trainer, X, y, weights, size)
         reference = reference if np.isfinite(reference) else 0.0
@@ -436,11 +447,12 @@ class Personalizer:
             losses = self._run_epoch(trainer, X[order], y[order],
                                      None if weights is None else weights[order], size)
             loss = float(np.mean(losses))
-            # An epoch's losses were measured before its updates: the new parameters'
-            # own loss decides whether they are accepted (and published).
+            # An epoch's losses were measured before its updates: how the new parameters
+            # fit the samples decides whether they are accepted (and published).
             after = self._probe_loss(trainer, X, y, weights, size)
-            problem = _divergence(max(loss, after) if np.isfinite(after) else after, reference,
-                                  trainer.values, scale, self._trainable_names)
+            problem = (f"the loss became {loss}" if not np.isfinite(loss) else
+                       _divergence(after, reference, trainer.values, scale,
+                                   self._trainable_names))
             if problem:
                 rollbacks += 1
                 trainer.values = {k: v.copy() for k, v in good.items()}
@@ -489,13 +501,19 @@ class Personalizer:
         return records
 
     def _probe_loss(self, trainer: GraphTrainer, X, y, weights, size: int) -> float:
-        """The loss of the trainer's current parameters on all samples: a pass at lr 0
-        whose side effects (optimizer slots, step) are undone."""
-        values, step = trainer.values, trainer.step_count
-        trainer.values = dict(values)
-        losses = self._run_epoch(trainer, X, y, weights, size, lr=0.0)
-        trainer.values, trainer.step_count = values, step
-        return float(np.mean(losses))
+        """How well the trainer's current parameters fit all samples, forward only: the
+        weighted cross-entropy of the infer graph's probabilities. A divergence check,
+        not the training loss (whatever loss the bundle trains with)."""
+        feeds = {p["infer_input"]: trainer.values[p["train_input"]] for p in self.bundle.params}
+        probs = np.concatenate([
+            self._infer.run([self._infer_io[1]["probabilities"]],
+                            {self._infer_io[0]["features"]: X[i:i + 256], **feeds})[0]
+            for i in range(0, len(y), 256)])
+        with np.errstate(all="ignore"):
+            picked = np.clip(probs[np.arange(len(y)), y], 1e-30, None)
+            rows = -np.log(picked)
+            w = np.ones(len(y)) if weights is None else weights
+            return float((rows * w).sum() / max(float(w.sum()), 1e-12))
 
     def start_training(self, epochs: int = 50, callback: Callable[[dict], None] | None = None,
                        **kwargs) -> None:
@@ -601,13 +619,15 @@ class Personalizer:
         self.close()
 
 
-def _divergence(loss: float, reference: float, values: dict, scale: dict,
+def _divergence(fit: float, reference: float, values: dict, scale: dict,
                 trainable: Sequence[str]) -> str | None:
-    """Why an epoch diverged, or None: a non-finite or exploding loss or parameter."""
-    if not np.isfinite(loss):
-        return f"the loss became {loss}"
-    if loss > EXPLODE_FACTOR * (reference + 1.0):
-        return f"the loss exploded to {loss:.4g} (it was {reference:.4g} before training)"
+    """Why an epoch diverged, or None: the samples' cross-entropy became non-finite or
+    exploded, or a parameter did."""
+    if not np.isfinite(fit):
+        return f"the loss became {fit}"
+    if fit > EXPLODE_FACTOR * (reference + 1.0):
+        return (f"the cross-entropy on the samples exploded to {fit:.4g} (it was "
+                f"{reference:.4g} before training)")
     for name in trainable:
         value = values[name]
         if not np.isfinite(value).all():

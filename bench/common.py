@@ -1,0 +1,92 @@
+"""Helpers shared by the benchmarks: the machine line and BENCHMARKS.md sections.
+
+The scripts run as `python bench/NAME.py`, so bench/ is on sys.path and they import
+this module as `common`. Only the standard library here: the benchmark subprocesses
+import it too and must not pay for anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions(*dists: str) -> str:
+    """"onnxruntime 1.31.1, torch 2.13.0+cpu" for installed distributions."""
+    parts = []
+    for dist in dists:
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    return ", ".join(parts)
+
+
+def machine(*dists: str) -> str:
+    """One line for a section: CPU model, cores, Python and package versions."""
+    return (f"Machine: {cpu_model()}, {os.cpu_count()} cores; Python "
+            f"{platform.python_version()}, {versions(*dists)}.")
+
+
+def revision() -> str:
+    """"edgetune at commit abc1234" (and whether src/ had uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
+                               text=True, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "edgetune (no git revision)"
+    paths = [line[3:] for line in dirty.splitlines() if line.strip()]
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"edgetune at commit {commit}" + (f" (uncommitted changes: {shown})" if paths else "")
+
+
+def cpu_busy() -> float:
+    """CPU seconds all processes on the machine have used so far (from /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(max_load: float = 0.2, timeout: float = 15.0) -> float:
+    """Wait (at most `timeout` s) until the machine's processes use less than `max_load`
+    of its CPUs over one second; returns the last load seen. The machine may be shared."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpu_busy()
+        time.sleep(1.0)
+        load = (cpu_busy() - before) / (os.cpu_count() or 1)
+        if load < max_load or time.monotonic() > deadline:
+            return load
+
+
+def write_section(path: Path, heading: str, section: str) -> None:
+    """Replace (or append) the section that starts with `heading` in BENCHMARKS.md."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start = text.find(heading)
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        rest = text[end + 1:] if end != -1 else ""
+        # One blank line between sections, whatever the caller's section ends with.
+        text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
+    path.write_text(text)
