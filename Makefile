@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[build,dev,serve]'
+	$(PY) -m pip install --quiet -e '.[build,dev,serve,cli]'
 	touch $(STAMP)
 
 # onnxruntime-node for the JavaScript bundle test; --ignore-scripts because its install
