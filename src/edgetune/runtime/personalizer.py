@@ -42,6 +42,7 @@ BASE_BATCH = 4
 EXPLODE_FACTOR = 10.0  # an epoch loss this many times the one before training diverged
 GROWTH_LIMIT = 1e3  # so did a parameter that grew this many times (+1) in one fit
 MAX_ROLLBACKS = 3
+HISTORY_LIMIT = 1000  # epoch records kept in Personalizer.history
 
 
 @dataclass(frozen=True)
@@ -495,7 +496,8 @@ class Personalizer:
                     if callback:
                         callback(records[-1])
                     break
-        self.history.extend(records)
+        # The latest records only: a long-running server trains many times.
+        self.history = (self.history + records)[-HISTORY_LIMIT:]
         if self._trained:
             self.save()
         return records

@@ -56,6 +56,7 @@ import math
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -64,7 +65,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -92,13 +93,19 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 @dataclass(frozen=True)
 class Limits:
     """Size limits: a frame over the WebSocket, an HTTP upload, any other HTTP body, and
-    a text WebSocket message that is not a frame."""
+    a text WebSocket message that is not a frame. body_timeout: seconds an HTTP body may
+    stall (a client that sends less than its Content-Length gets 408, and its connection
+    is freed). model_runs: base-model runs at once (predictions, recorded frames,
+    uploads); each concurrent run holds its own activation memory, so this bounds the
+    server's memory however many clients send frames."""
 
     frame_bytes: int = 2 * 1024 * 1024
     upload_bytes: int = 20 * 1024 * 1024
     json_bytes: int = 64 * 1024
     message_chars: int = 64 * 1024
     files_per_upload: int = 500
+    body_timeout: float = 30.0
+    model_runs: int = 3
 
     @property
     def ws_max_size(self) -> int:
@@ -204,8 +211,10 @@ class Studio:
     """What the routes share: the personalizer, the training run, the event hub."""
 
     def __init__(self, personalizer: Personalizer, *, min_samples: int = 3,
-                 default_epochs: int = 50):
+                 default_epochs: int = 50, model_runs: int = 3):
         self.p = personalizer
+        self._models = ThreadPoolExecutor(max(1, model_runs),
+                                          thread_name_prefix="edgetune-model")
         self.min_samples = min_samples
         self.default_epochs = default_epochs
         self.hub = Hub()
@@ -255,6 +264,10 @@ class Studio:
     def broadcast_state(self) -> None:
         if len(self.hub):
             self.hub.publish(self.state(points=False))
+
+    async def run_model(self, fn, *args):
+        """fn(*args) in the model pool: at most `model_runs` base-model runs at once."""
+        return await asyncio.get_running_loop().run_in_executor(self._models, fn, *args)
 
     # -- samples and prediction (called in worker threads) --
     def predict(self, image) -> dict:
@@ -368,6 +381,10 @@ def _label(value, what: str = "name") -> str:
         raise ApiError(400, f"{what} is longer than {MAX_NAME} characters", "bad_name")
     if any(ord(c) < 32 for c in value):
         raise ApiError(400, f"{what} must not contain control characters", "bad_name")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no store can hold it
+        raise ApiError(400, f"{what} is not valid Unicode", "bad_name") from None
     return value
 
 
@@ -452,7 +469,7 @@ async def add_samples(request: Request) -> Response:
         raise ApiError(404, f"unknown class {label!r}; add it first", "unknown_class")
     images = [data for _, data in files]
     sources = [f"upload:{name[:100]}" for name, _ in files]
-    await run_in_threadpool(studio.p.add_samples, images, [label] * len(images), sources)
+    await studio.run_model(studio.p.add_samples, images, [label] * len(images), sources)
     studio.broadcast_state()
     return JSONResponse({"added": len(images), "state": await run_in_threadpool(studio.state)})
 
@@ -491,7 +508,7 @@ async def predict(request: Request) -> Response:
         image = files[0][1]
     if not image:
         raise ApiError(400, "the image is empty", "bad_image")
-    return JSONResponse(await run_in_threadpool(studio.predict, image))
+    return JSONResponse(await studio.run_model(studio.predict, image))
 
 
 async def train(request: Request) -> Response:
@@ -637,9 +654,9 @@ async def _frame(studio: Studio, limits: Limits, session: dict, data: bytes,
     if not data:
         raise ApiError(400, "empty frame", "bad_image")
     if record is None:
-        reply = await run_in_threadpool(studio.predict, data)
+        reply = await studio.run_model(studio.predict, data)
     else:
-        reply = await run_in_threadpool(studio.record, data, record, "camera")
+        reply = await studio.run_model(studio.record, data, record, "camera")
         studio.broadcast_state()
     reply["frame"] = number
     return reply
@@ -649,8 +666,8 @@ async def _frame(studio: Studio, limits: Limits, session: dict, data: bytes,
 
 
 class Guard:
-    """ASGI middleware: access token, Host and Origin checks, body size limits,
-    security headers."""
+    """ASGI middleware: access token, Host and Origin checks, body size limits and
+    stall timeout, security headers."""
 
     def __init__(self, app, *, token: str | None, loopback_only: bool, limits: Limits):
         self.app = app
@@ -690,12 +707,19 @@ class Guard:
                 return await _error(413, f"the request body is {_mb(int(length))}; the limit "
                                     f"here is {_mb(limit)}", "too_large")(
                     scope, receive, self._secure_send(send))
-        received = 0
+        received, complete = 0, False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # the body is in; waiting for a disconnect may take any time
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.limits.body_timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request body stalled for "
+                               f"{self.limits.body_timeout:g} s", "timeout") from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise ApiError(413, f"the request body is larger than {_mb(limit)}",
@@ -774,7 +798,8 @@ def create_app(personalizer: Personalizer, *, token: str | None = None,
     min_samples: samples every class needs before Train is allowed.
     """
     limits = limits or Limits()
-    studio = Studio(personalizer, min_samples=min_samples, default_epochs=default_epochs)
+    studio = Studio(personalizer, min_samples=min_samples, default_epochs=default_epochs,
+                    model_runs=limits.model_runs)
 
     async def api_error(request, exc):
         if isinstance(exc, ApiError):
@@ -788,6 +813,9 @@ def create_app(personalizer: Personalizer, *, token: str | None = None,
 
     async def conflict(request, exc):
         return _error(409, str(exc), "conflict")
+
+    async def client_gone(request, exc):  # it left mid-body: nobody reads the reply
+        return Response(status_code=400)
 
     async def internal(request, exc):
         log.exception("request failed", exc_info=exc)
@@ -818,7 +846,8 @@ def create_app(personalizer: Personalizer, *, token: str | None = None,
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: api_error, BadInputError: bad_input,
-                                        EdgetuneError: conflict, Exception: internal})
+                                        EdgetuneError: conflict, ClientDisconnect: client_gone,
+                                        Exception: internal})
     app.state.studio = studio
     app.state.limits = limits
     guarded = Guard(app, token=token, loopback_only=loopback_only, limits=limits)
