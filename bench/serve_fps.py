@@ -31,10 +31,11 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+from common import versions, write_section  # noqa: E402
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,15 +168,6 @@ def run(frames: int, samples: int, cache: str | None, repeats: int = 3) -> dict:
             "epochs_last_run": epochs}
 
 
-def _versions(*dists: str) -> str:
-    parts = []
-    for dist in dists:
-        try:
-            parts.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            parts.append(f"{dist} (not installed)")
-    return ", ".join(parts)
-
 
 def _cpu() -> str:
     try:
@@ -193,7 +185,7 @@ def section(result: dict, frames: int, samples: int) -> str:
     lines = [
         HEADING, "",
         f"Machine: {_cpu()}, {os.cpu_count()} cores, no GPU; Python "
-        f"{platform.python_version()}, {_versions('onnxruntime', 'uvicorn', 'starlette')}.",
+        f"{platform.python_version()}, {versions('onnxruntime', 'uvicorn', 'starlette')}.",
         f"Reproduce: `.venv/bin/python bench/serve_fps.py --frames {frames} --samples "
         f"{samples} --repeats {result['repeats']} --write` (starts `python -m edgetune.server` "
         f"on a free loopback port).",
@@ -220,19 +212,6 @@ def section(result: dict, frames: int, samples: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the section under HEADING in BENCHMARKS.md (or append it)."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(HEADING)
-    if start == -1:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        rest = old[end + 1:] if end != -1 else ""
-        new = old[:start] + text.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=200)
@@ -247,7 +226,7 @@ def main() -> None:
     text = section(result, args.frames, args.samples)
     print(text)
     if args.write:
-        write_section(ROOT / "BENCHMARKS.md", text)
+        write_section(ROOT / "BENCHMARKS.md", HEADING, text)
         print(f"wrote the section to {ROOT / 'BENCHMARKS.md'}")
 
 

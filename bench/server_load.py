@@ -41,10 +41,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+from common import cpu_model, versions  # noqa: E402
 
 CLASSES = {"cat": "chelsea", "coffee": "coffee"}  # class -> scikit-image photo
 BROADCASTS = ("state", "progress", "training_started", "training_done")
@@ -409,28 +410,10 @@ def failures(report: dict, max_growth_mb: float) -> list[str]:
 
 
 # -- report ---------------------------------------------------------------------------------------
-def _versions(*dists: str) -> str:
-    parts = []
-    for dist in dists:
-        try:
-            parts.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            parts.append(f"{dist} (not installed)")
-    return ", ".join(parts)
-
-
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = _versions("onnxruntime", "uvicorn", "starlette", "websockets")
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"{platform.system()}; {versions}")
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{platform.system()}; "
+            f"{versions('onnxruntime', 'uvicorn', 'starlette', 'websockets')}")
 
 
 def markdown(report: dict) -> str:
