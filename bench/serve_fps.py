@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from common import versions, write_section  # noqa: E402
+from common import cpu_model, versions, write_section  # noqa: E402
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,23 +168,12 @@ def run(frames: int, samples: int, cache: str | None, repeats: int = 3) -> dict:
             "epochs_last_run": epochs}
 
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def section(result: dict, frames: int, samples: int) -> str:
     idle, busy = result["idle"], result["training"]
     rows = [("idle", idle), ("running (epochs back to back)", busy)]
     lines = [
         HEADING, "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores, no GPU; Python "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, no GPU; Python "
         f"{platform.python_version()}, {versions('onnxruntime', 'uvicorn', 'starlette')}.",
         f"Reproduce: `.venv/bin/python bench/serve_fps.py --frames {frames} --samples "
         f"{samples} --repeats {result['repeats']} --write` (starts `python -m edgetune.server` "
