@@ -2,7 +2,7 @@
 PyTorch eager — the same work, side by side, in one run.
 
     bash bench/peers/setup.sh          # once: each peer's own virtual environment
-    .venv/bin/python bench/peers.py    # about 20 minutes; writes BENCHMARKS.md
+    .venv/bin/python bench/peers.py    # 30-45 minutes here; writes BENCHMARKS.md
 
 The driver (this file, in the project's venv) builds edgetune's graphs and bundles,
 writes the shared inputs (the same initial parameters and data for every system, as
@@ -16,7 +16,11 @@ compares the final parameters of a 100-step cross-check run, and writes the sect
 2. personalization: 4 classes x 20 photos from pixels, features, 50 epochs (time, peak RSS);
 3. fine-tuning the last block of EfficientNet-Lite0 (edgetune `trainable="last:1"`);
 4. base feature extraction, images per second, fp32 and int8, batch 1 and 16;
-5. what the device must install: the runtime's dependencies on disk.
+5. what the device must install: the runtime's dependencies on disk;
+and, for edgetune alone, where the time of a training step goes (`profile`).
+
+`--from-results FILE` rewrites the section from a saved run (every run saves
+$TMPDIR/edgetune-peers-results.json) without measuring again.
 """
 
 from __future__ import annotations
@@ -464,6 +468,8 @@ def report(args, built, results: dict, vers: dict) -> str:
         "each worker a fresh process).",
         "",
     ]
+    if results.get("note"):
+        lines += [results["note"], ""]
     lines += summary(args, results)
     if head:
         lines += head_section(args, results, built)
@@ -671,8 +677,9 @@ def personalize_section(args, results) -> list[str]:
             f"{pers[s]['accuracy']:.2f}" for s in systems) + " |",
         "",
         "Same 80 photos (augmented 224x224 crops of scikit-image's `chelsea`, `coffee`, "
-        "`astronaut`, `rocket`; `photo_crops` in tests/conftest.py), base batches of "
-        f"{args.base_batch}, head 1280→4 with Adam (lr 1e-3), batch 32 (the last of each "
+        "`astronaut`, `rocket`; `photo_crops` in tests/conftest.py), the base run on "
+        f"{args.base_batch} images per call in every system (edgetune's own "
+        "`personalizer.BASE_BATCH`), head 1280→4 with Adam (lr 1e-3), batch 32 (the last of each "
         "epoch holds 16), 50 epochs, reshuffled each epoch. **edgetune**: `Personalizer` on "
         "a new profile, `add_samples` (its base graph, SQLite store), `fit(epochs=50, "
         "batch_size=32, early_stop=False)` (epoch graph, head imprinted from the class "
@@ -879,7 +886,9 @@ def main() -> None:
     parser.add_argument("--ft-steps", type=int, default=9, help="last-block steps per timing")
     parser.add_argument("--ft-xc-steps", type=int, default=30)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--base-batch", type=int, default=16)
+    parser.add_argument("--base-batch", type=int, default=None,
+                        help="images per base call in the personalization, for every system "
+                             "(default: edgetune's own, personalizer.BASE_BATCH)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-load", type=float, default=0.7)
     parser.add_argument("--max-wait", type=float, default=240.0)
@@ -895,6 +904,10 @@ def main() -> None:
         print(section)
         write_section(Path(args.out), HEADING, section)
         return
+    if args.base_batch is None:
+        from edgetune.runtime import personalizer
+
+        args.base_batch = personalizer.BASE_BATCH
     missing = [s for s, (_, py) in SYSTEMS.items()
                if not Path(py).exists() and s != "litert-flex"]
     if missing:
