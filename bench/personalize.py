@@ -68,9 +68,10 @@ def _mem() -> dict:
 
 
 def _usage() -> tuple[float, float]:
-    """Peak RSS (MiB) and CPU time (user + sys, s) of this process so far."""
+    """Peak RSS (MiB) and CPU time (user + sys, s) of this process so far. The peak is
+    VmHWM: ru_maxrss carries over exec, so a child would report its parent's peak."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    return _mem()["VmHWM"], usage.ru_utime + usage.ru_stime
 
 
 class Phases:
@@ -353,7 +354,7 @@ def report(args, runs, diff: float, total_s: float) -> str:
         ("training, 50 epochs", phase("training")),
     ]
     memory = [
-        ("peak RSS (ru_maxrss), MiB", lambda r: r["peak_mib"]),
+        ("peak RSS (VmHWM), MiB", lambda r: r["peak_mib"]),
         ("RSS after imports, MiB", lambda r: r["phases"]["import"]["VmRSS"]),
         ("peak RSS up to model load, MiB", lambda r: r["phases"]["model load"]["VmHWM"]),
         ("peak RSS up to features, MiB", lambda r: r["phases"]["features"]["VmHWM"]),
@@ -371,7 +372,8 @@ def report(args, runs, diff: float, total_s: float) -> str:
         f"{duration} here). Each pipeline runs in a fresh subprocess, "
         f"{args.repeats} times per thread count, rotating which pipeline goes first, after "
         "one uncounted warm-up run of each; times are medians, peak memory is the "
-        "subprocess's `ru_maxrss` (imports included). The machine was shared: before each "
+        "subprocess's own `VmHWM` (imports included; not `ru_maxrss`, which Linux carries "
+        "over exec from the parent). The machine was shared: before each "
         f"run the script waits (at most {args.quiet_timeout:.0f} s) for other processes to "
         f"use less than {args.quiet_load:.0%} of the CPUs, and repeats a run (at most "
         f"{args.attempts} attempts, keeping the least disturbed) when they used more than "
