@@ -20,13 +20,7 @@ def digits():
 
 def trainer_for(graphs, lr: float = 0.01, threads: int = 1, params=None) -> GraphTrainer:
     """A GraphTrainer for TrainingGraphs, starting from their initial values."""
-    params = {p.train_input: (params or graphs.initial)[p.name] for p in graphs.params}
-    by_name = {p.name: p for p in graphs.params}
-    state = {s.train_input: np.zeros_like(params[by_name[s.name.rsplit(".", 1)[0]].train_input])
-             for s in graphs.state}
-    io = {s.train_input: s.train_output for s in graphs.params + graphs.state}
-    return GraphTrainer(graphs.train.SerializeToString(), params, state, io,
-                        epoch=graphs.train_epoch.SerializeToString(), lr=lr, threads=threads)
+    return graphs.trainer(lr=lr, threads=threads, params=params)
 
 
 PHOTO_CLASSES = ("chelsea", "coffee", "astronaut", "rocket")

@@ -76,9 +76,6 @@ class Var:
     def __matmul__(self, o):
         return self.b.MatMul(self, o)
 
-    def __pow__(self, o):
-        return self.b.Pow(self, self._lift(o))
-
     def __gt__(self, o):
         return self.b.Greater(self, self._lift(o))
 
@@ -164,13 +161,6 @@ class GraphBuilder:
         out = tuple(Var(self, n) for n in out_names)
         return out[0] if len(out) == 1 else out
 
-    def add_node(self, node: onnx.NodeProto) -> None:
-        """Append an existing node as is (its output names are reserved)."""
-        for name in node.output:
-            if name:
-                self.reserve(name)
-        self.nodes.append(node)
-
     def inline(self, graph: onnx.GraphProto, inputs: Mapping[str, Var],
                prefix: str | None = None) -> list[Var]:
         """Copy a graph's nodes in, reading `inputs` for its inputs; returns its outputs.
@@ -230,9 +220,6 @@ class GraphBuilder:
 
     def add_all(self, values: Sequence[Var]) -> Var:
         return values[0] if len(values) == 1 else self.Sum(*values)
-
-    def where(self, cond: Var, a, b) -> Var:
-        return self.Where(cond, a, b)
 
     # -- output ---------------------------------------------------------------------
     def graph(self, outputs: Mapping[str, Var], name: str = "edgetune",

@@ -53,6 +53,23 @@ class TrainingGraphs:
     l2: float = 0.0
     roles: dict = field(default_factory=dict)  # graph -> {"inputs": {...}, "outputs": {...}}
 
+    def trainer(self, lr: float | None = None, threads: int | None = None,
+                params: Mapping[str, np.ndarray] | None = None):
+        """A runtime GraphTrainer for these graphs: the initial parameters (or `params`,
+        by parameter name) and zero optimizer state."""
+        from edgetune.runtime.trainer import GraphTrainer
+
+        source = self.initial if params is None else params
+        values = {p.train_input: np.asarray(source[p.name], np.float32) for p in self.params}
+        shapes = {p.name: values[p.train_input].shape for p in self.params}
+        # State specs are named "<param>.<slot>" and shaped like their parameter.
+        values.update({s.train_input: np.zeros(shapes[s.name.rsplit(".", 1)[0]], np.float32)
+                       for s in self.state})
+        return GraphTrainer(self.train.SerializeToString(), values, None,
+                            {s.train_input: s.train_output for s in self.params + self.state},
+                            epoch=self.train_epoch.SerializeToString(),
+                            lr=self.optimizer.lr if lr is None else lr, threads=threads)
+
 
 def _frozen_head(head: onnx.ModelProto, trainable: Sequence[str]):
     graph = onnx.GraphProto()

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import edgetune as et
-from edgetune.runtime.trainer import GraphTrainer, make_session
+from edgetune.runtime.trainer import make_session
 
 
 def load_digits_split(per_class: int = 20, seed: int = 0):
@@ -41,12 +41,7 @@ def main(epochs: int = 30) -> dict:
           f"({len(graphs.train.graph.node)} nodes in the step)")
 
     x, y, x_test, y_test = load_digits_split()
-    params = {p.train_input: graphs.initial[p.name] for p in graphs.params}
-    state = {s.train_input: np.zeros_like(graphs.initial[s.name.rsplit(".", 1)[0]])
-             for s in graphs.state}
-    io = {s.train_input: s.train_output for s in graphs.params + graphs.state}
-    trainer = GraphTrainer(graphs.train.SerializeToString(), params, state, io,
-                           epoch=graphs.train_epoch.SerializeToString(), lr=0.05)
+    trainer = graphs.trainer(lr=0.05)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):

@@ -135,10 +135,7 @@ class Personalizer:
 
     def _initial_state(self):
         classes = self.store.class_names()
-        try:
-            ckpt = self.checkpoints.latest()
-        except IncompatibleCheckpointError:
-            raise
+        ckpt = self.checkpoints.latest()
         if ckpt is None:
             return self._fresh_values(len(classes)), list(classes), False, 0
         meta = ckpt.meta
