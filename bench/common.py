@@ -90,3 +90,26 @@ def write_section(path: Path, heading: str, section: str) -> None:
         # One blank line between sections, whatever the caller's section ends with.
         text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
     path.write_text(text)
+
+
+def jpeg_crops(photo: str, n: int, seed: int, size: int = 224) -> list[bytes]:
+    """Random crops (60-100% of the short side) of a scikit-image photo, as 224x224 JPEG
+    q85 bytes: what the teachable camera's page sends."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    image = getattr(data, photo)()
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    out = []
+    for _ in range(n):
+        side = int(min(h, w) * rng.uniform(0.6, 1.0))
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = Image.fromarray(image[top:top + side, left:left + side]).resize((size, size))
+        buf = io.BytesIO()
+        crop.save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out

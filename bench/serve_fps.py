@@ -19,7 +19,6 @@ frame in flight: send, wait for the prediction, send the next) and measures
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -35,29 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from common import cpu_model, versions, write_section  # noqa: E402
-from PIL import Image
+from common import cpu_model, jpeg_crops, versions, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADING = "## Teachable camera: frames per second"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-
-
-def jpeg_crops(name: str, n: int, seed: int, size: int = 224) -> list[bytes]:
-    from skimage import data
-
-    image = getattr(data, name)()
-    rng = np.random.default_rng(seed)
-    h, w = image.shape[:2]
-    out = []
-    for _ in range(n):
-        side = int(min(h, w) * rng.uniform(0.6, 1.0))
-        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = Image.fromarray(image[top:top + side, left:left + side]).resize((size, size))
-        buf = io.BytesIO()
-        crop.save(buf, "JPEG", quality=85)  # what the page sends: 224x224 JPEG, q 0.85
-        out.append(buf.getvalue())
-    return out
 
 
 def free_port() -> int:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
@@ -45,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from common import cpu_model, versions  # noqa: E402
+from common import cpu_model, jpeg_crops, versions  # noqa: E402
 
 CLASSES = {"cat": "chelsea", "coffee": "coffee"}  # class -> scikit-image photo
 BROADCASTS = ("state", "progress", "training_started", "training_done")
@@ -54,24 +53,6 @@ SAMPLE_EVERY = 0.5  # seconds between memory samples
 
 
 # -- data -----------------------------------------------------------------------------------------
-def jpeg_crops(photo: str, n: int, seed: int, size: int = 224) -> list[bytes]:
-    """Random crops (60-100% of the short side) of a scikit-image photo, 224x224 JPEG q85
-    (what the page sends)."""
-    from PIL import Image
-    from skimage import data
-
-    image = getattr(data, photo)()
-    rng = np.random.default_rng(seed)
-    h, w = image.shape[:2]
-    out = []
-    for _ in range(n):
-        side = int(min(h, w) * rng.uniform(0.6, 1.0))
-        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = Image.fromarray(image[top:top + side, left:left + side]).resize((size, size))
-        buf = io.BytesIO()
-        crop.save(buf, "JPEG", quality=85)
-        out.append(buf.getvalue())
-    return out
 
 
 def query_frames(per_class: int = 16, seed: int = 100) -> list[tuple[str, bytes]]:

@@ -423,7 +423,7 @@ class Personalizer:
         size = min(batch_size or 32, len(y))
         # What divergence is measured against: the fit before training, since a too
         # large lr can blow up the very first epoch.
-        reference = self._probe_loss(trainer, X, y, weights, size)
+        reference = self._probe_loss(trainer, X, y, weights)
         reference = reference if np.isfinite(reference) else 0.0
         scale = {k: float(np.abs(v).max(initial=0.0)) for k, v in good.items()}
         for epoch in range(1, epochs + 1):
@@ -447,7 +447,7 @@ class Personalizer:
             loss = float(np.mean(losses))
             # An epoch's losses were measured before its updates: how the new parameters
             # fit the samples decides whether they are accepted (and published).
-            after = self._probe_loss(trainer, X, y, weights, size)
+            after = self._probe_loss(trainer, X, y, weights)
             problem = (f"the loss became {loss}" if not np.isfinite(loss) else
                        _divergence(after, reference, trainer.values, scale,
                                    self._trainable_names))
@@ -499,7 +499,7 @@ class Personalizer:
             self.save()
         return records
 
-    def _probe_loss(self, trainer: GraphTrainer, X, y, weights, size: int) -> float:
+    def _probe_loss(self, trainer: GraphTrainer, X, y, weights) -> float:
         """How well the trainer's current parameters fit all samples, forward only: the
         weighted cross-entropy of the infer graph's probabilities. A divergence check,
         not the training loss (whatever loss the bundle trains with)."""
