@@ -304,3 +304,46 @@ def test_an_untrainable_target_is_an_error():
     unused = b.input("unused", np.float32, [3])
     with pytest.raises(ValueError, match="unused"):
         gradients(b, [b.ReduceSum(x, keepdims=0)], [unused])
+
+
+@pytest.mark.parametrize("act", ["relu6", "relu"])
+def test_activation_before_pooling_broadcasts_instead_of_expanding(act):
+    """ReLU6 / ReLU then global average pooling (EfficientNet's last block): the pooling
+    gradient reaches the activation's rule un-expanded, and still matches torch."""
+    b = GraphBuilder()
+    x = b.input("x", np.float32, ["N", 3, 4, 4])
+    h = b.Clip(x, b.const(0.0), b.const(6.0)) if act == "relu6" else b.Relu(x)
+    y = b.GlobalAveragePool(h)
+    gy = b.input("gy", np.float32, ["N", 3, 1, 1])
+    (gx,) = gradients(b, [y], [x], output_grads=[gy])
+    model = b.model({"gx": gx})
+    assert "Expand" not in [n.op_type for n in model.graph.node]
+    rng = np.random.default_rng(5)
+    xv = (rng.standard_normal((2, 3, 4, 4)) * 4 + 2).astype(np.float32)
+    xv[0, 0, 0, :2] = [0.0, 6.0]  # exactly on the bounds: torch passes the gradient there
+    gyv = rng.standard_normal((2, 3, 1, 1)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": xv, "gy": gyv})
+    xt = torch.tensor(xv, dtype=torch.float64, requires_grad=True)
+    ht = torch.clamp(xt, 0.0, 6.0) if act == "relu6" else torch.relu(xt)
+    ht.mean(dim=(2, 3), keepdim=True).backward(torch.tensor(gyv, dtype=torch.float64))
+    # clamp passes the gradient on its bounds, as our rule does; relu stops it at 0
+    np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_gemm_reads_a_transposed_operand_and_subtracts_in_place():
+    """Gemm(Transpose(A), B) becomes Gemm(A, B, transA=1); p - Gemm(A, B) becomes one
+    Gemm with C = p. Both give numpy's values."""
+    b = GraphBuilder()
+    a = b.input("a", np.float32, [5, 3])
+    w = b.input("w", np.float32, [5, 4])
+    p = b.input("p", np.float32, [3, 4])
+    out = b.minus(p, b.Gemm(b.Transpose(a, perm=[1, 0]), w, alpha=0.5))
+    model = b.model({"out": out})
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Gemm") == 1 and "Transpose" not in ops and "Sub" not in ops, ops
+    rng = np.random.default_rng(6)
+    av, wv, pv = (rng.standard_normal(s).astype(np.float32) for s in ([5, 3], [5, 4], [3, 4]))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"a": av, "w": wv, "p": pv})
+    np.testing.assert_allclose(got, pv - 0.5 * av.T @ wv, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Fused training graphs on stock onnxruntime: they train, the epoch Loop equals
+"""Fused training graphs on stock onnxruntime: they train, the epoch Scan equals
 repeated single steps, one graph serves any class count, and every graph checks."""
 
 from __future__ import annotations
@@ -104,13 +104,28 @@ def test_conv_block_trains_and_updates_every_parameter(digits):
                                      for t in graphs.train.graph.initializer}
 
 
-@pytest.mark.parametrize("kind", ["mlp", "conv"])
+# Each kind takes another path through the epoch graph: targets and loss values
+# outside the loop (mlp, conv with a static class count), plain SGD's lr folded into
+# the targets (sgd), the loss inside the loop (l2), no closed form (hinge, weighted).
+@pytest.mark.parametrize("kind", ["mlp", "conv", "sgd", "l2", "hinge", "weighted"])
 def test_epoch_graph_equals_repeated_single_steps(digits, kind):
+    x, y = digits
     if kind == "mlp":
-        x, y = digits
         head, shapes = MLP(classes=10, hidden=16).build([64])
         graphs = build_training_graphs(head, SoftmaxCrossEntropy(label_smoothing=0.1),
                                        AdamW(lr=1e-2), param_shapes=shapes)
+    elif kind in ("sgd", "l2"):
+        head, shapes = SoftmaxClassifier(classes=10).build([64])
+        graphs = build_training_graphs(head, SoftmaxCrossEntropy(), SGD(lr=1e-2),
+                                       param_shapes=shapes, l2=1e-2 if kind == "l2" else 0.0)
+    elif kind == "hinge":
+        head, shapes = LinearSVM(classes=10).build([64])
+        graphs = build_training_graphs(head, LinearSVM().default_loss(),
+                                       Momentum(lr=1e-2, nesterov=True), param_shapes=shapes)
+    elif kind == "weighted":
+        head, shapes = SoftmaxClassifier(classes=10).build([64])
+        graphs = build_training_graphs(head, SoftmaxCrossEntropy(class_weights=[1.0, 2.0] * 5),
+                                       Adam(lr=1e-2, clip_norm=0.5), param_shapes=shapes)
     else:
         x, y = image_features(digits)
         head, trainable = conv_block_head(10)

@@ -38,8 +38,7 @@ REQUIRED_GRAPHS = ("base", "train", "infer")
 GRAPH_ROLES = {
     "base": ({"image"}, {"features"}),
     "train": ({"features", "labels", "sample_weight", "lr", "step"}, {"loss"}),
-    "train_epoch": ({"features", "labels", "sample_weight", "lr", "step", "batch_size"},
-                    {"losses"}),
+    "train_epoch": ({"features", "labels", "sample_weight", "lr", "step"}, {"losses"}),
     "infer": ({"features"}, {"probabilities"}),
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -11,7 +11,8 @@
 //     "labels":   {"file": "labels.i64", "shape": [n]},                       // raw LE int64
 //     "lr": 0.01,                      // optional; default: the manifest's optimizer.lr
 //     "batches": [[3, 0, 7], ...],     // row indices of the mini-batch of each train step
-//     "epoch_batch_size": 8            // optional: then one train_epoch call over all rows
+//     "epoch_batch_size": 8            // optional: then one epoch over all rows (train_epoch
+//                                      // for the full mini-batches, train for the rest)
 //   }
 //
 // Every sample has weight 1. The steps start from the bundle's initial parameters with
@@ -129,6 +130,12 @@ function readData(path) {
 }
 
 /** The given rows of the data as the data tensors of a train graph. */
+// The epoch graph's layout: k mini-batches of n rows, [k, n, ...].
+function asBatches(tensors, k) {
+  return Object.fromEntries(Object.entries(tensors).map(([role, t]) => [
+    role, new ort.Tensor(t.type, t.data, [k, t.dims[0] / k, ...t.dims.slice(1)])]));
+}
+
 function batchTensors(data, rows) {
   const width = product(data.rowShape);
   const features = new Float32Array(rows.length * width);
@@ -229,19 +236,32 @@ async function main(argv) {
     step += 1n;
   }
 
-  // One call of the epoch graph: consecutive mini-batches over all rows, in order.
+  // Consecutive mini-batches over all rows, in order: the full ones in one call of the
+  // epoch graph (features [k, n, ...]), a smaller last one through the step graph.
   let epochLosses = [];
   if (manifest.graphs.train_epoch && data.epoch_batch_size) {
     const epoch = await session("train_epoch");
-    const all = Array.from({ length: data.labels.length }, (_, i) => i);
-    const out = await runTrainGraph(epoch.session, epoch.graph, {
-      ...batchTensors(data, all),
-      lr,
-      step: new ort.Tensor("int64", BigInt64Array.of(step), []),
-      batch_size: new ort.Tensor("int64", BigInt64Array.of(BigInt(data.epoch_batch_size)), []),
-    }, carried);
-    epochLosses = Array.from(out.losses.data);
-    step += BigInt(epochLosses.length);
+    const size = data.epoch_batch_size;
+    const k = Math.floor(data.labels.length / size);
+    const rows = (from, to) => Array.from({ length: to - from }, (_, i) => from + i);
+    if (k > 0) {
+      const out = await runTrainGraph(epoch.session, epoch.graph, {
+        ...asBatches(batchTensors(data, rows(0, k * size)), k),
+        lr,
+        step: new ort.Tensor("int64", BigInt64Array.of(step), []),
+      }, carried);
+      epochLosses = Array.from(out.losses.data);
+      step += BigInt(epochLosses.length);
+    }
+    if (k * size < data.labels.length) {
+      const out = await runTrainGraph(train.session, train.graph, {
+        ...batchTensors(data, rows(k * size, data.labels.length)),
+        lr,
+        step: new ort.Tensor("int64", BigInt64Array.of(step), []),
+      }, carried);
+      epochLosses.push(out.loss.data[0]);
+      step += 1n;
+    }
   }
 
   if (savePath) {

@@ -98,6 +98,7 @@ class GraphBuilder:
         self._counter = itertools.count()
         self._const_cache: dict[tuple, Var] = {}
         self._used_names: set[str] = set()
+        self._producers: dict[str, onnx.NodeProto] = {}  # output name -> node
         # Types known without inference (e.g. a gradient has its parameter's type):
         # name -> (numpy dtype, dims).
         self.types: dict[str, tuple] = {}
@@ -156,8 +157,10 @@ class GraphBuilder:
         else:
             out_names = [self.reserve(n) for n in names]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, in_names, out_names,
-                                           name=self.fresh(f"n_{op_type}"), **attrs))
+        if op_type == "Gemm":
+            self._fold_transposes(in_names, attrs)
+        self._append(helper.make_node(op_type, in_names, out_names,
+                                      name=self.fresh(f"n_{op_type}"), **attrs))
         out = tuple(Var(self, n) for n in out_names)
         return out[0] if len(out) == 1 else out
 
@@ -186,6 +189,9 @@ class GraphBuilder:
             for name in node.input:
                 if name not in rename:
                     raise ValueError(f"graph input {name!r} of node {node.name!r} is not given")
+            if node.op_type == "Identity":  # an alias, not a copy made every step
+                rename[node.output[0]] = rename[node.input[0]]
+                continue
             new = onnx.NodeProto()
             new.CopyFrom(node)
             new.name = self.fresh(prefix + (node.name or node.op_type))
@@ -195,8 +201,37 @@ class GraphBuilder:
             for out in node.output:
                 rename[out] = self.reserve(prefix + out) if out else ""
                 new.output.append(rename[out])
-            self.nodes.append(new)
+            self._append(new)
         return [Var(self, rename[o.name]) for o in graph.output]
+
+    def _append(self, node: onnx.NodeProto) -> None:
+        self.nodes.append(node)
+        self._producers.update((o, node) for o in node.output if o)
+
+    def producer(self, v: Var) -> onnx.NodeProto | None:
+        """The node of this builder that computes v (None for inputs and constants)."""
+        return self._producers.get(v.name)
+
+    def _fold_transposes(self, in_names: list[str], attrs: dict) -> None:
+        """Gemm(Transpose(A), B) reads A with transA flipped: one kernel fewer per use
+        (gradients of transposed products produce this shape often)."""
+        for i, flag in ((0, "transA"), (1, "transB")):
+            node = self._producers.get(in_names[i])
+            if node is not None and node.op_type == "Transpose" and all(
+                    list(a.ints) == [1, 0] for a in node.attribute if a.name == "perm"):
+                in_names[i] = node.input[0]
+                attrs[flag] = 1 - int(attrs.get(flag, 0))
+
+    def minus(self, p: Var, g: Var) -> Var:
+        """p - g, for g shaped like p. When g is a plain product Gemm(A, B), this is
+        Gemm(A, B, p, alpha=-alpha, beta=1): the optimizer update costs no extra kernel."""
+        node = self.producer(g)
+        if node is None or node.op_type != "Gemm" or len(node.input) > 2:
+            return p - g
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs["alpha"] = -float(attrs.get("alpha", 1.0))
+        attrs["beta"] = 1.0
+        return self.op("Gemm", self.var(node.input[0]), self.var(node.input[1]), p, **attrs)
 
     def __getattr__(self, op_type: str):
         if not op_type[:1].isupper():

@@ -45,11 +45,30 @@ class Loss:
     def probabilities(self, b: GraphBuilder, logits: Var) -> Var:
         return b.Softmax(logits, axis=1)
 
-    def with_logits_gradient(self, b: GraphBuilder, logits: Var, labels: Var,
-                             sample_weight: Var) -> tuple[Var, Var] | None:
-        """(loss, d loss / d logits) in closed form, when a loss has a short one; None
-        lets autodiff differentiate `__call__` instead. Fewer nodes make small steps fast."""
+    # A loss may also split into a part that reads only the labels and sample weights
+    # (`targets`) and a short closed form on the logits. The epoch graph computes the
+    # targets for every mini-batch before its loop and the loss values after it, so a
+    # step runs only `logits_gradient`: fewer kernels make small steps fast.
+    def targets(self, b: GraphBuilder, labels: Var, sample_weight: Var,
+                classes: Var) -> dict[str, Var] | None:
+        """Per-row tensors [..., n, d] from labels [..., n] and weights [..., n] (any
+        leading batch axes; classes: int64 [1]); None when this loss has no closed form."""
         return None
+
+    def scaled_targets(self, b: GraphBuilder, targets: dict[str, Var],
+                       scale: Var) -> dict[str, Var] | None:
+        """Targets whose `logits_gradient` is `scale` times theirs (scale broadcasts
+        against each [..., n, d] target), or None. The epoch graph folds plain SGD's
+        learning rate in here, outside its loop."""
+        return None
+
+    def logits_gradient(self, b: GraphBuilder, logits: Var, targets: dict[str, Var]) -> Var:
+        """d loss / d logits [n, classes], from `targets` of one mini-batch."""
+        raise NotImplementedError
+
+    def batch_loss(self, b: GraphBuilder, logits: Var, targets: dict[str, Var]) -> Var:
+        """The loss of each mini-batch: logits [..., n, classes] -> [...]."""
+        raise NotImplementedError
 
     def config(self) -> dict:
         return {"name": type(self).__name__, **asdict(self)}
@@ -84,21 +103,28 @@ class SoftmaxCrossEntropy(Loss):
             rows = (1 - eps) * nll + eps * smooth
         return _weighted_mean(b, rows, sample_weight, sample_weight * label_weight)
 
-    def with_logits_gradient(self, b, logits, labels, sample_weight):
+    def targets(self, b, labels, sample_weight, classes):
         if self.class_weights is not None:
             return None
         # loss = -sum_i w_i sum_c t_ic log p_ic / sum_i w_i, with targets t smoothed;
-        # its gradient is (p - t) * w_i / sum_i w_i.
-        log_p = b.LogSoftmax(logits, axis=1)
-        target = _one_hot(b, logits, labels)
+        # its gradient is (p - t) * w_i / sum_i w_i = p * row_weight + neg_targets.
+        target = b.OneHot(labels, classes, b.const([0.0, 1.0]), axis=-1)
         eps = self.label_smoothing
         if eps:
-            target = target * (1.0 - eps) + eps / _class_count(b, logits)
-        weight = sample_weight / b.Max(b.sum_all(sample_weight), b.const(_TINY))
-        rows = b.ReduceSum(target * log_p, b.ints([1]), keepdims=0)
-        loss = -b.sum_all(rows * weight)
-        grad = (b.Exp(log_p) - target) * b.Unsqueeze(weight, b.ints([1]))
-        return loss, grad
+            target = target * (1.0 - eps) + eps / b.as_float(classes)
+        total = b.ReduceSum(sample_weight, b.ints([-1]), keepdims=1)
+        weight = b.Unsqueeze(sample_weight / b.Max(total, b.const(_TINY)), b.ints([-1]))
+        return {"neg_targets": -(target * weight), "row_weight": weight}
+
+    def scaled_targets(self, b, targets, scale):
+        return {k: v * scale for k, v in targets.items()}  # the gradient is linear in them
+
+    def logits_gradient(self, b, logits, targets):
+        return b.Softmax(logits, axis=-1) * targets["row_weight"] + targets["neg_targets"]
+
+    def batch_loss(self, b, logits, targets):
+        log_p = b.LogSoftmax(logits, axis=-1)
+        return b.ReduceSum(targets["neg_targets"] * log_p, b.ints([-2, -1]), keepdims=0)
 
 
 @dataclass

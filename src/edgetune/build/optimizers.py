@@ -1,12 +1,15 @@
-"""Optimizers as graph pieces: (params, grads, state, lr, step) -> (params', state').
+"""Optimizers as graph pieces: (params, grads, state, schedule) -> (params', state').
 
 Each follows torch.optim's update exactly (the tests compare 50 steps). The learning
 rate and the step (int64, 1 for the first step) are graph inputs, so a schedule or a
-restart needs no new graph. `clip_norm` clips the global gradient norm first, as
+restart needs no new graph. `schedule(lr, step)` turns them into the scalars the update
+reads (Adam's bias corrections); the epoch graph computes them for all its steps at
+once, before its loop. `clip_norm` clips the global gradient norm first, as
 torch.nn.utils.clip_grad_norm_ does.
 
     opt = Adam(lr=1e-3)
-    new_params, new_state = opt.update(b, params, grads, state, lr, step)
+    sched = opt.schedule(b, lr, step)
+    new_params, new_state = opt.update(b, params, grads, state, sched)
 """
 
 from __future__ import annotations
@@ -28,19 +31,41 @@ class Optimizer:
     def config(self) -> dict:
         return {"name": type(self).__name__, **asdict(self)}
 
+    def schedule(self, b: GraphBuilder, lr: Var, step: Var) -> dict[str, Var]:
+        """Scalars of one step from lr and step; elementwise, so a vector of steps gives
+        one value per step."""
+        return {"lr": lr}
+
+    def gradient_scale(self, sched: dict[str, Var]) -> Var | None:
+        """A factor the gradients may arrive multiplied by (then `update(prescaled=True)`):
+        plain SGD takes lr * g, which costs one multiplication on the small logits
+        gradient instead of one per parameter element. None: no such factor."""
+        return None
+
     def update(self, b: GraphBuilder, params: list[Var], grads: list[Var],
-               state: list[dict[str, Var]], lr: Var, step: Var):
+               state: list[dict[str, Var]], sched: dict[str, Var], prescaled: bool = False):
         """Returns (new params, new state), state as one {slot: Var} per parameter."""
         if self.clip_norm is not None:
             grads = clip_by_global_norm(b, grads, self.clip_norm)
         new_params, new_state = [], []
         for p, g, s in zip(params, grads, state, strict=True):
-            p2, s2 = self.update_one(b, p, g, s, lr, step)
+            if prescaled:
+                p2, s2 = b.minus(p, g), {}
+            elif len(b.types.get(g.name, (None, []))[1] or []) >= 3:
+                # onnxruntime multiplies a scalar into a tensor with trailing unit dims
+                # (a 1x1 conv weight [O, I, 1, 1]) ~40x more slowly than into the same
+                # values flat: update conv weights and their slots as vectors.
+                flat, shape = b.ints([-1]), b.shape_of(p)
+                p2, s2 = self.update_one(b, b.Reshape(p, flat), b.Reshape(g, flat),
+                                         {k: b.Reshape(v, flat) for k, v in s.items()}, sched)
+                p2, s2 = b.Reshape(p2, shape), {k: b.Reshape(v, shape) for k, v in s2.items()}
+            else:
+                p2, s2 = self.update_one(b, p, g, s, sched)
             new_params.append(p2)
             new_state.append(s2)
         return new_params, new_state
 
-    def update_one(self, b, p, g, s, lr, step):
+    def update_one(self, b, p, g, s, sched):
         raise NotImplementedError
 
 
@@ -57,10 +82,15 @@ class SGD(Optimizer):
 
     weight_decay: float = 0.0
 
-    def update_one(self, b, p, g, s, lr, step):
+    def gradient_scale(self, sched):
+        if self.weight_decay or self.clip_norm is not None:
+            return None
+        return sched["lr"]
+
+    def update_one(self, b, p, g, s, sched):
         if self.weight_decay:
             g = g + self.weight_decay * p
-        return p - lr * g, {}
+        return p - sched["lr"] * g, {}
 
 
 @dataclass
@@ -72,12 +102,12 @@ class Momentum(Optimizer):
     weight_decay: float = 0.0
     slots: ClassVar[tuple[str, ...]] = ("momentum",)
 
-    def update_one(self, b, p, g, s, lr, step):
+    def update_one(self, b, p, g, s, sched):
         if self.weight_decay:
             g = g + self.weight_decay * p
         buf = self.momentum * s["momentum"] + g
         direction = g + self.momentum * buf if self.nesterov else buf
-        return p - lr * direction, {"momentum": buf}
+        return p - sched["lr"] * direction, {"momentum": buf}
 
 
 @dataclass
@@ -91,18 +121,26 @@ class Adam(Optimizer):
     weight_decay: float = 0.0
     slots: ClassVar[tuple[str, ...]] = ("m", "v")
 
-    def decay(self, b, p, g, lr):
+    def schedule(self, b, lr, step):
+        # lr / c1 * m / (sqrt(v) / sqrt(c2) + eps) = step_size * m / (sqrt(v) + eps_hat),
+        # with the bias corrections c = 1 - beta^t folded into two scalars per step.
+        t = b.as_float(step)
+        root_c2 = b.Sqrt(1.0 - b.Pow(b.const(self.beta2), t))
+        sched = {"step_size": lr * root_c2 / (1.0 - b.Pow(b.const(self.beta1), t)),
+                 "eps": root_c2 * self.eps}
+        if isinstance(self, AdamW) and self.weight_decay:
+            sched["keep"] = 1.0 - lr * self.weight_decay
+        return sched
+
+    def decay(self, b, p, g, sched):
         return p, (g + self.weight_decay * p if self.weight_decay else g)
 
-    def update_one(self, b, p, g, s, lr, step):
-        p, g = self.decay(b, p, g, lr)
-        t = b.as_float(step)
+    def update_one(self, b, p, g, s, sched):
+        p, g = self.decay(b, p, g, sched)
         m = self.beta1 * s["m"] + (1.0 - self.beta1) * g
         v = self.beta2 * s["v"] + (1.0 - self.beta2) * (g * g)
-        correction1 = 1.0 - b.Pow(b.const(self.beta1), t)
-        correction2 = 1.0 - b.Pow(b.const(self.beta2), t)
-        denom = b.Sqrt(v) / b.Sqrt(correction2) + self.eps
-        return p - (lr / correction1) * (m / denom), {"m": m, "v": v}
+        denom = b.Sqrt(v) + sched["eps"]
+        return p - sched["step_size"] * (m / denom), {"m": m, "v": v}
 
 
 @dataclass
@@ -111,8 +149,8 @@ class AdamW(Adam):
 
     weight_decay: float = 0.01
 
-    def decay(self, b, p, g, lr):
-        return (p * (1.0 - lr * self.weight_decay) if self.weight_decay else p), g
+    def decay(self, b, p, g, sched):
+        return (p * sched["keep"] if self.weight_decay else p), g
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam, "adamw": AdamW}

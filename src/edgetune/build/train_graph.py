@@ -2,9 +2,9 @@
 
 - `train`: one step. Inputs features, labels, sample_weight, lr, step, the parameters
   and the optimizer state; outputs the loss, the new parameters and the new state.
-- `train_epoch`: a whole epoch of mini-batches in one runtime call (an ONNX Loop over
-  the step), because per-call overhead dominates small heads. Extra input
-  `batch_size`; output `losses`, one per mini-batch.
+- `train_epoch`: k mini-batches in one runtime call (an ONNX Scan over the step),
+  because per-call overhead dominates small heads. features [k, n, ...], labels and
+  sample_weight [k, n]; output `losses`, one per mini-batch.
 - `infer`: features and parameters -> logits and probabilities.
 
     graphs = build_training_graphs(head_model, SoftmaxCrossEntropy(), SGD(lr=0.1))
@@ -21,10 +21,12 @@ import onnx
 from onnx import numpy_helper
 
 from edgetune.autodiff import GraphBuilder, Var, gradients
+from edgetune.build.heads import CLASSES
 from edgetune.build.losses import Loss
 from edgetune.build.optimizers import Optimizer
 
 BATCH = "N"
+BATCHES = "batches"  # mini-batches per epoch-graph call
 
 
 @dataclass
@@ -101,21 +103,40 @@ class _StepBuilder:
         self.optimizer = optimizer
         self.l2 = l2
 
-    def emit(self, b: GraphBuilder, features, labels, sample_weight, lr, step, params, state):
+    def logits(self, b: GraphBuilder, features: Var, params: list[Var]) -> Var:
+        names = [p.name for p in self.params]
         (logits,) = b.inline(self.head_graph, {self.features_input: features,
-                                               **dict(zip([p.name for p in self.params],
-                                                          params, strict=True))})[:1]
-        shortcut = self.loss.with_logits_gradient(b, logits, labels, sample_weight)
-        if shortcut is not None:
-            loss, logits_grad = shortcut
-            grads = gradients(b, [logits], params, output_grads=[logits_grad])
+                                               **dict(zip(names, params, strict=True))})[:1]
+        return logits
+
+    def gradient_scale(self, sched) -> Var | None:
+        return None if self.l2 else self.optimizer.gradient_scale(sched)
+
+    def update(self, b: GraphBuilder, logits: Var, params, state, sched, *, targets=None,
+               labels=None, sample_weight=None, need_loss: bool = True,
+               scaled_targets: bool = False):
+        """(loss or None, new params, new state) of one mini-batch: from the loss's
+        `targets` when it has a closed form, else by differentiating the loss.
+        scaled_targets: the targets already carry `gradient_scale` (loss not needed)."""
+        scale = self.gradient_scale(sched)
+        loss = None
+        if targets is not None:
+            seed = self.loss.logits_gradient(b, logits, targets)
+            if scale is not None and not scaled_targets:
+                seed = seed * scale
+            grads = gradients(b, [logits], params, output_grads=[seed])
+            if need_loss:
+                loss = self.loss.batch_loss(b, logits, targets)
         else:
+            scale = None
             loss = self.loss(b, logits, labels, sample_weight)
             grads = gradients(b, [loss], params)
         if self.l2:  # 0.5 * l2 * |p|^2 in the loss, l2 * p in the gradient
-            loss = loss + (0.5 * self.l2) * b.add_all([b.sum_all(p * p) for p in params])
+            if loss is not None:
+                loss = loss + (0.5 * self.l2) * b.add_all([b.sum_all(p * p) for p in params])
             grads = [g + self.l2 * p for g, p in zip(grads, params)]
-        new_params, new_state = self.optimizer.update(b, params, grads, state, lr, step)
+        new_params, new_state = self.optimizer.update(b, params, grads, state, sched,
+                                                      prescaled=scale is not None)
         return loss, new_params, new_state
 
 
@@ -146,15 +167,15 @@ def build_training_graphs(head: onnx.ModelProto, loss: Loss, optimizer: Optimize
     step_builder = _StepBuilder(head_graph, features_vi.name, params, loss, optimizer, l2)
 
     train = _train_graph(step_builder, features_shape, params, state, optimizer)
-    epoch = _epoch_graph(train, features_shape, params, state)
+    epoch = _epoch_graph(step_builder, features_shape, params, state, optimizer,
+                         _static_classes(head))
     infer = _infer_graph(head_graph, features_vi.name, features_shape, params, loss)
     roles = {
         "train": {"inputs": {"features": "features", "labels": "labels",
                              "sample_weight": "sample_weight", "lr": "lr", "step": "step"},
                   "outputs": {"loss": "loss"}},
         "train_epoch": {"inputs": {"features": "features", "labels": "labels",
-                                   "sample_weight": "sample_weight", "lr": "lr", "step": "step",
-                                   "batch_size": "batch_size"},
+                                   "sample_weight": "sample_weight", "lr": "lr", "step": "step"},
                         "outputs": {"losses": "losses"}},
         "infer": {"inputs": {"features": "features"},
                   "outputs": {"logits": "logits", "probabilities": "probabilities"}},
@@ -193,62 +214,114 @@ def _train_graph(step_builder: _StepBuilder, features_shape, params, state, opti
     lr = b.input("lr", np.float32, [])
     step = b.input("step", np.int64, [])
     p_vars, s_vars = _declare_params(b, params, state, optimizer)
-    loss, new_params, new_state = step_builder.emit(b, features, labels, weights, lr, step,
-                                                    p_vars, s_vars)
+    logits = step_builder.logits(b, features, p_vars)
+    sched = optimizer.schedule(b, lr, step)
+    targets = step_builder.loss.targets(b, labels, weights, b.shape_of(logits, 1, 2))
+    loss, new_params, new_state = step_builder.update(
+        b, logits, p_vars, s_vars, sched, targets=targets, labels=labels,
+        sample_weight=weights)
     outputs, types = _param_outputs(params, state, new_params, new_state, optimizer)
     return b.model({"loss": loss, **outputs}, name="edgetune_train",
                    output_types={"loss": (np.float32, []), **types})
 
 
-def _epoch_graph(train: onnx.ModelProto, features_shape, params, state):
-    """An ONNX Loop that runs the step graph over consecutive mini-batches."""
-    prefix = "loop/"
+def _static_classes(head: onnx.ModelProto) -> int | None:
+    dims = _dims(head.graph.output[0]) if head.graph.output else []
+    return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
+
+
+def _class_count(b: GraphBuilder, params, p_vars, static: int | None) -> Var | None:
+    """int64 [1]: the class count, from a parameter with a "classes" dimension or the
+    head's static output shape; None when neither tells it."""
+    for spec, var in zip(params, p_vars, strict=True):
+        if CLASSES in spec.shape:
+            axis = spec.shape.index(CLASSES)
+            return b.shape_of(var, axis, axis + 1)
+    return None if static is None else b.ints([static])
+
+
+def _epoch_graph(step_builder: _StepBuilder, features_shape, params, state, optimizer,
+                 static_classes: int | None):
+    """k mini-batches in one call: an ONNX Scan over features [k, n, ...].
+
+    Scan hands each iteration a view of the next mini-batch (a Loop with Slice copied
+    it). What does not depend on the parameters runs once, outside the loop: the
+    optimizer's per-step scalars, the loss's targets, and (without l2) the loss values,
+    computed from the logits each step emits.
+    """
+    b = GraphBuilder()
+    features = b.input("features", np.float32, [BATCHES, BATCH, *features_shape])
+    labels = b.input("labels", np.int64, [BATCHES, BATCH])
+    weights = b.input("sample_weight", np.float32, [BATCHES, BATCH])
+    lr = b.input("lr", np.float32, [])
+    first_step = b.input("step", np.int64, [])
+    outer_p, outer_s = _declare_params(b, params, state, optimizer)
+    batches = b.shape_of(labels, 0, 1)
+    steps = first_step + b.Range(b.const(0, np.int64), b.Reshape(batches, b.ints([])),
+                                 b.const(1, np.int64))
+    sched = {k: b.Expand(v, batches) for k, v in optimizer.schedule(b, lr, steps).items()}
+    classes = _class_count(b, params, outer_p, static_classes)
+    targets = None if classes is None else step_builder.loss.targets(b, labels, weights,
+                                                                     classes)
+    hoist_loss = targets is not None and not step_builder.l2
+    body_targets = targets
+    scale = step_builder.gradient_scale(sched)
+    if hoist_loss and scale is not None:
+        scaled = step_builder.loss.scaled_targets(b, targets, b.Unsqueeze(scale, b.ints([1, 2])))
+        body_targets = scaled or targets
+    per_batch = {"features": features, **(body_targets or {"labels": labels,
+                                                            "sample_weight": weights})}
+
+    prefix = "scan/"
     body = GraphBuilder(prefix=prefix)
-    iteration = body.input(prefix + "iteration", np.int64, [])
-    cond = body.input(prefix + "cond", np.bool_, [])
-    step = body.input(prefix + "step", np.int64, [])
-    start = body.input(prefix + "start", np.int64, [1])  # first row of this mini-batch
-    carried = [body.input(prefix + s.train_input, np.float32, s.shape) for s in params + state]
-    end = start + body.var("batch_size_1d")
-
-    def rows(name: str) -> Var:
-        return body.Slice(body.var(name), start, end, body.ints([0]))
-
-    step_inputs = {"features": rows("features"), "labels": rows("labels"),
-                   "sample_weight": rows("sample_weight"), "lr": body.var("lr"), "step": step}
-    step_inputs.update({s.train_input: v for s, v in zip(params + state, carried, strict=True)})
-    loss, *updated = body.inline(train.graph, step_inputs, prefix=prefix + "step/")
-    del iteration  # the mini-batch offset is carried instead: one Add per iteration
-    next_step = step + body.const(1, np.int64)
-    outputs = {prefix + "cond_out": body.Identity(cond), prefix + "step_out": next_step,
-               prefix + "start_out": end}
-    types = {prefix + "cond_out": (np.bool_, []), prefix + "step_out": (np.int64, []),
-             prefix + "start_out": (np.int64, [1])}
-    for spec, value in zip(params + state, updated, strict=True):
-        outputs[prefix + spec.train_output] = value
-        types[prefix + spec.train_output] = (np.float32, spec.shape)
-    outputs[prefix + "loss"] = loss
-    types[prefix + "loss"] = (np.float32, [])
+    p_vars = [body.input(prefix + p.train_input, np.float32, p.shape) for p in params]
+    s_flat = [body.input(prefix + s.train_input, np.float32, s.shape) for s in state]
+    slots = iter(s_flat)
+    s_vars = [{slot: next(slots) for slot in optimizer.slots} for _ in params]
+    known = {"features": [BATCH, *features_shape], "labels": [BATCH], "sample_weight": [BATCH]}
+    rows = {k: body.input(prefix + k, np.int64 if k == "labels" else np.float32, known.get(k))
+            for k in per_batch}
+    body_sched = {k: body.input(prefix + "sched." + k, np.float32, []) for k in sched}
+    logits = step_builder.logits(body, rows["features"], p_vars)
+    if targets is not None:
+        rows_targets = {k: rows[k] for k in body_targets}
+        loss, new_params, new_state = step_builder.update(
+            body, logits, p_vars, s_vars, body_sched, targets=rows_targets,
+            need_loss=not hoist_loss, scaled_targets=body_targets is not targets)
+    else:
+        loss, new_params, new_state = step_builder.update(
+            body, logits, p_vars, s_vars, body_sched, labels=rows["labels"],
+            sample_weight=rows["sample_weight"])
+    updated, updated_types = _param_outputs(params, state, new_params, new_state, optimizer)
+    emitted = ("logits", logits, [BATCH, CLASSES]) if hoist_loss else ("loss", loss, [])
+    # Scan matches outputs by position, so each leaves under its own name where it can:
+    # an Identity to rename it would copy it every iteration.
+    inputs = {i.name for i in body.inputs}
+    outputs, types = {}, {}
+    for key, var, value_type in [(k, v, updated_types[k]) for k, v in updated.items()] + [
+            (emitted[0], emitted[1], (np.float32, emitted[2]))]:
+        name = var.name if var.name not in inputs and var.name not in outputs else prefix + key
+        outputs[name] = var
+        types[name] = value_type
     body_graph = body.graph(outputs, name="epoch_body", output_types=types)
 
-    b = GraphBuilder()
-    b.input("features", np.float32, [BATCH, *features_shape])
-    b.input("labels", np.int64, [BATCH])
-    b.input("sample_weight", np.float32, [BATCH])
-    batch_size = b.input("batch_size", np.int64, [])
-    b.input("lr", np.float32, [])
-    first_step = b.input("step", np.int64, [])
-    outer = [b.input(s.train_input, np.float32, s.shape) for s in params + state]
-    n = b.Reshape(b.shape_of(b.var("features"), 0, 1), b.ints([]))
-    one = b.const(1, np.int64)
-    trips = (n + batch_size - one) / batch_size
-    b.Reshape(batch_size, b.ints([1]), names=["batch_size_1d"])
-    results = b.op("Loop", trips, b.const(True, np.bool_), first_step,
-                   b.const(np.zeros(1, np.int64)), *outer, outputs=3 + len(outer),
-                   body=body_graph)
-    _, _, *final, losses = results
+    # Each scan input costs a slice per iteration: pass only those the body reads
+    # (plain SGD with its lr folded into the targets reads no scalar at all).
+    read = {name for node in body_graph.node for name in node.input}
+    scanned = [(prefix + k, v) for k, v in per_batch.items()]
+    scanned += [(prefix + "sched." + k, v) for k, v in sched.items()]
+    unread = {name for name, _ in scanned if name not in read}
+    kept = [i for i in body_graph.input if i.name not in unread]
+    del body_graph.input[:]
+    body_graph.input.extend(kept)
+    scan_inputs = [v for name, v in scanned if name not in unread]
+    results = b.op("Scan", *outer_p, *[s for slots in outer_s for s in slots.values()],
+                   *scan_inputs, outputs=len(outputs), body=body_graph,
+                   num_scan_inputs=len(scan_inputs))
+    *final, emitted_all = results
+    losses = step_builder.loss.batch_loss(b, emitted_all, targets) if hoist_loss else emitted_all
     graph_outputs = {"losses": losses}
-    out_types = {"losses": (np.float32, ["batches"])}
+    out_types = {"losses": (np.float32, [BATCHES])}
     for spec, value in zip(params + state, final, strict=True):
         graph_outputs[spec.train_output] = value
         out_types[spec.train_output] = (np.float32, spec.shape)

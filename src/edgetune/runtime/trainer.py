@@ -16,6 +16,10 @@ from collections.abc import Mapping
 import numpy as np
 import onnxruntime as ort
 
+# Heads compute (W x^T)^T because onnxruntime's GEMM is several times faster with the
+# few classes as rows; this fusion turns it back into x W^T (4 of 33 us per step).
+DISABLED_OPTIMIZERS = ["GemmTransposeFusion"]
+
 
 def make_session(model: bytes | str | ort.InferenceSession,
                  threads: int | None = None) -> ort.InferenceSession:
@@ -28,7 +32,8 @@ def make_session(model: bytes | str | ort.InferenceSession,
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 class GraphTrainer:
@@ -51,6 +56,9 @@ class GraphTrainer:
         self.step_count = 0  # steps taken; the graph's `step` input is this + 1
         self._train = make_session(train, threads)
         self._epoch = make_session(epoch, threads) if epoch is not None else None
+        if self._epoch is not None and any(i.name == "batch_size"
+                                           for i in self._epoch.get_inputs()):
+            self._epoch = None  # an older bundle's epoch graph: steps still work
         missing = [n for n in self.io if n not in self.values]
         if missing:
             raise ValueError(f"no initial value for graph inputs {missing}")
@@ -109,16 +117,26 @@ class GraphTrainer:
 
     def epoch(self, features, labels, sample_weight=None, batch_size: int = 32,
               lr: float | None = None) -> np.ndarray:
-        """Consecutive mini-batches of `batch_size` rows (the last may be smaller) in one
-        call; returns the loss of each. Shuffle the rows before calling."""
+        """Consecutive mini-batches of `batch_size` rows (the last may be smaller);
+        returns the loss of each. The full mini-batches go through the epoch graph in
+        one call, a smaller last one through the step graph. Shuffle the rows first."""
         if self._epoch is None:
             raise ValueError("this trainer has no train_epoch graph")
         if batch_size < 1:
             raise ValueError(f"batch_size is {batch_size}; it must be at least 1")
         feeds = self._data(features, labels, sample_weight)
-        feeds["lr"] = np.array(self.lr if lr is None else lr, np.float32)
-        feeds["step"] = np.array(self.step_count + 1, np.int64)
-        feeds["batch_size"] = np.array(batch_size, np.int64)
-        losses = self._run(self._epoch, feeds, "losses")
-        self.step_count += len(losses)
+        n = len(feeds["labels"])
+        full = n // batch_size * batch_size
+        losses = np.zeros(0, np.float32)
+        if full:
+            batched = {k: v[:full].reshape(full // batch_size, batch_size, *v.shape[1:])
+                       for k, v in feeds.items()}
+            batched["lr"] = np.array(self.lr if lr is None else lr, np.float32)
+            batched["step"] = np.array(self.step_count + 1, np.int64)
+            losses = self._run(self._epoch, batched, "losses")
+            self.step_count += len(losses)
+        if full < n:
+            rest = self.step(*(feeds[k][full:] for k in ("features", "labels",
+                                                         "sample_weight")), lr=lr)
+            losses = np.append(losses, np.float32(rest))
         return losses

@@ -13,7 +13,7 @@ Defaults:
 
 - bundle: the profile's own copy if it has one, else the default bundle
   (EfficientNet-Lite0 + softmax head, Adam 1e-3), built once with
-  :func:`edgetune.build.convert.convert` into ``default_cache_dir()/default.edgetune``
+  :func:`edgetune.build.convert.convert` into ``default_cache_dir()/default-2.edgetune``
   (``$EDGETUNE_CACHE``, else ``$XDG_CACHE_HOME/edgetune``, else ``~/.cache/edgetune``).
   Building needs the ``build`` extra; a device with only a bundle does not.
 - profile: ``$EDGETUNE_PROFILE``, else ``$XDG_DATA_HOME/edgetune/profile``, else
@@ -49,7 +49,7 @@ __all__ = [
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
-DEFAULT_BUNDLE_NAME = "default.edgetune"
+DEFAULT_BUNDLE_NAME = "default-2.edgetune"  # -2: the Scan epoch layout
 
 
 def default_profile() -> Path:
