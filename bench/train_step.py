@@ -1,7 +1,7 @@
 """Microseconds per training step: softmax head 1280->4, batch 32, SGD, one thread.
 
 Compares, in one run: edgetune's single-step graph (one onnxruntime call per step),
-its epoch graph (one call runs a whole epoch of mini-batches through an ONNX Loop)
+its epoch graph (one call runs a whole epoch of mini-batches through an ONNX Scan)
 and PyTorch eager. Writes the table into BENCHMARKS.md.
 
     python bench/train_step.py            # or: make bench

@@ -184,6 +184,28 @@ def test_save_refuses_to_overwrite_unless_asked(saved):
     assert Bundle.load(saved).manifest == bundle.manifest
 
 
+def test_a_loaded_bundle_is_saved_by_hard_links_while_its_files_are_unchanged(saved, tmp_path):
+    """Saving a loaded bundle (a new profile's copy) links the verified files instead of
+    copying them; a file replaced since loading, or changed in memory, is written."""
+    bundle = Bundle.load(saved)
+    base_file = bundle.manifest["graphs"]["base"]["file"]
+    init_file = bundle.manifest["init"]["file"]
+    copy = bundle.save(tmp_path / "copy.edgetune")
+    assert (copy / base_file).stat().st_ino == (saved / base_file).stat().st_ino
+    Bundle.load(copy)
+
+    # the source directory's base file replaced (a new inode, other bytes) after loading
+    loaded = Bundle.load(saved)
+    replaced = saved / base_file
+    replaced.unlink()
+    replaced.write_bytes(b"not the loaded bytes")
+    loaded.files[init_file] = bytes(bytearray(loaded.files[init_file]))  # set anew
+    again = loaded.save(tmp_path / "again.edgetune")
+    assert (again / base_file).stat().st_ino != replaced.stat().st_ino
+    assert (again / init_file).stat().st_ino != (saved / init_file).stat().st_ino
+    assert Bundle.load(again).files[base_file] == bundle.files[base_file]
+
+
 def personalize_from_manifest(path, features, labels, steps, batch):
     """Everything a program needs, knowing only the manifest and an ONNX runtime."""
     from safetensors.numpy import load_file

@@ -9,7 +9,7 @@ Tasks (job["task"]):
 - train: `GraphTrainer` on the graphs the driver built (`build_training_graphs` for
   the head, `convert(..., trainable="last:1")` for the last block): the single-step
   graph (one onnxruntime call per mini-batch) and the epoch graph (one call runs k
-  mini-batches through an ONNX Loop).
+  mini-batches through an ONNX Scan).
 - personalize: `Personalizer(bundle, profile)`, `add_samples` (base graph, SQLite store),
   `fit(epochs=50, batch_size=32, early_stop=False)` (epoch graph, checkpoint at the end).
 - base: images per second of base.onnx / base.int8.onnx (`make_session`, as the
@@ -130,19 +130,22 @@ def personalize(job: dict) -> dict:
 def _profile_session(path: str, threads: int, prefix: str):
     import onnxruntime as ort
 
+    from edgetune.runtime.trainer import DISABLED_OPTIMIZERS
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_profiling = True
     options.profile_file_prefix = prefix
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 def _summarize(profile_file: str, steps_per_run: int) -> dict:
     """Per training step, medians over the profiled runs (the first, which allocates, is
-    dropped): time inside onnxruntime's run, the sum of its kernels (a Loop's body nodes
-    counted, the Loop node itself not, as it contains them), and the heaviest nodes."""
+    dropped): time inside onnxruntime's run, the sum of its kernels (a Scan's body nodes
+    counted, the Scan node itself not, as it contains them), and the heaviest nodes."""
     import bisect
     import collections
     import json
@@ -155,7 +158,7 @@ def _summarize(profile_file: str, steps_per_run: int) -> dict:
                     [list(d.values())[0] for d in e["args"].get("input_type_shape", [])])
                    for e in events if e.get("cat") == "Node"
                    and e.get("name", "").endswith("_kernel_time")
-                   and e["args"].get("op_name") != "Loop")
+                   and e["args"].get("op_name") not in ("Loop", "Scan"))
     starts = [n[0] for n in nodes]
     kernel, counts = [], []
     per_node: dict = collections.defaultdict(list)
@@ -254,9 +257,9 @@ def profile(job: dict) -> dict:
                  "single": _summarize(prof.end_profiling(), 1)}
         k = max(cfg["epoch_batches"])
         if k * B <= len(y):
-            efeeds = {**feeds, "features": X[:k * B], "labels": y[:k * B],
-                      "sample_weight": np.ones(k * B, np.float32),
-                      "batch_size": np.array(B, np.int64)}
+            efeeds = {**feeds, "features": X[:k * B].reshape(k, B, *X.shape[1:]),
+                      "labels": y[:k * B].reshape(k, B),
+                      "sample_weight": np.ones((k, B), np.float32)}
             eprof = _profile_session(cfg["epoch_onnx"], threads,
                                      str(Path(job["out"]) / "prof_epoch"))
             calls = max(3, runs // k)

@@ -168,6 +168,9 @@ class Bundle:
         self.manifest = manifest
         self.files = dict(files)
         self.path = path
+        # file name -> (the bytes read, their sha256, the file's identity) for files read
+        # by `load`: `save` reuses the hash and hard-links the file while both still hold.
+        self._sources: dict[str, tuple[bytes, str, Path, tuple]] = {}
 
     # -- reading ------------------------------------------------------------------------
     @classmethod
@@ -189,10 +192,13 @@ class Bundle:
         except (ValueError, RecursionError) as e:  # also too deep, or a too long integer
             raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
         validate_manifest(manifest)
-        files = {}
+        files, sources = {}, {}
         for where, entry in cls._file_entries(manifest):
-            files[entry["file"]] = cls._read_verified(root, entry, where)
+            data, identity = cls._read_verified(root, entry, where)
+            files[entry["file"]] = data
+            sources[entry["file"]] = (data, entry["sha256"], root / entry["file"], identity)
         bundle = cls(manifest, files, root.resolve())
+        bundle._sources = sources
         for role, entry in manifest["graphs"].items():
             bundle._check_external_data(role, entry["file"], root)
         bundle._check_initial_values()
@@ -205,7 +211,8 @@ class Bundle:
         yield "init", manifest["init"]
 
     @staticmethod
-    def _read_verified(root: Path, entry: dict, where: str) -> bytes:
+    def _read_verified(root: Path, entry: dict, where: str) -> tuple[bytes, tuple]:
+        """The file's verified bytes and its identity (device, inode, size, mtime)."""
         file = root / entry["file"]
         real_root = root.resolve()
         try:
@@ -214,14 +221,16 @@ class Bundle:
                                   f"directory")
             if not file.is_file():
                 raise BundleError(f"{where}: {entry['file']} is missing from {root}")
-            data = file.read_bytes()
+            with open(file, "rb") as f:
+                data = f.read()
+                identity = _identity(os.fstat(f.fileno()))
         except OSError as e:
             raise BundleError(f"{where}: cannot read {entry['file']!r} ({e})") from None
         if sha256(data) != entry["sha256"]:
             raise BundleError(f"{where}: sha256 of {entry['file']} does not match the manifest; "
                               f"the file changed after the bundle was written (re-copy or "
                               f"rebuild the bundle)")
-        return data
+        return data, identity
 
     def _check_external_data(self, role: str, name: str, root: Path) -> None:
         try:
@@ -307,14 +316,20 @@ class Bundle:
         target = Path(path)
         if target.exists() and not overwrite:
             raise BundleError(f"{target} exists; pass overwrite=True (--force) to replace it")
+        unchanged = {name for name, (data, *_) in self._sources.items()
+                     if self.files.get(name) is data}
         for _, entry in self._file_entries(self.manifest):
-            entry["sha256"] = sha256(self.files[entry["file"]])
+            name = entry["file"]
+            entry["sha256"] = (self._sources[name][1] if name in unchanged
+                               else sha256(self.files[name]))
         validate_manifest(self.manifest)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             for name, data in {**self.files,
                                MANIFEST: json.dumps(self.manifest, indent=2).encode()}.items():
+                if name in unchanged and self._link(name, tmp / name):
+                    continue
                 with open(tmp / name, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -333,6 +348,23 @@ class Bundle:
             raise
         self.path = target.resolve()
         return target
+
+    def _link(self, name: str, to: Path) -> bool:
+        """Hard-link the file `load` read (already on disk, no copy), if it is still the
+        very file that was read and verified; False: write the bytes instead."""
+        _, _, source, identity = self._sources[name]
+        try:
+            os.link(source, to)
+            if _identity(os.stat(to)) == identity:
+                return True
+            to.unlink()
+        except OSError:  # another file system, no hard links, or the source is gone
+            to.unlink(missing_ok=True)
+        return False
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _fsync_dir(path: Path) -> None:
