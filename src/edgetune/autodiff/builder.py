@@ -11,6 +11,7 @@ its formula: ``g * (1 - y * y)`` for Tanh emits Mul, Sub and Mul nodes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -99,6 +100,7 @@ class GraphBuilder:
         self._const_cache: dict[tuple, Var] = {}
         self._used_names: set[str] = set()
         self._producers: dict[str, onnx.NodeProto] = {}  # output name -> node
+        self.scalar_rank = 0  # see scalars_of_rank
         # Types known without inference (e.g. a gradient has its parameter's type):
         # name -> (numpy dtype, dims).
         self.types: dict[str, tuple] = {}
@@ -134,12 +136,25 @@ class GraphBuilder:
     def const(self, value, dtype=np.float32) -> Var:
         """A constant tensor; Python scalars become float32 scalars unless told."""
         arr = np.asarray(value, dtype=dtype if not isinstance(value, np.ndarray) else None)
+        if arr.ndim == 0 and self.scalar_rank and arr.dtype.kind == "f":
+            arr = arr.reshape([1] * self.scalar_rank)
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._const_cache:
             name = self.fresh("const")
             self.initializers[name] = numpy_helper.from_array(arr, name)
             self._const_cache[key] = Var(self, name)
         return self._const_cache[key]
+
+    @contextlib.contextmanager
+    def scalars_of_rank(self, rank: int):
+        """Within: float scalar constants are shaped [1] * rank. onnxruntime multiplies a
+        rank-0 scalar into a tensor with trailing unit dims (a 1x1 conv weight
+        [O, I, 1, 1]) ~40x more slowly than a [1, 1, 1, 1] one."""
+        saved, self.scalar_rank = self.scalar_rank, rank
+        try:
+            yield
+        finally:
+            self.scalar_rank = saved
 
     def ints(self, values: Iterable[int]) -> Var:
         """A 1-D int64 constant (shapes, axes, starts)."""
@@ -259,13 +274,19 @@ class GraphBuilder:
     # -- output ---------------------------------------------------------------------
     def graph(self, outputs: Mapping[str, Var], name: str = "edgetune",
               output_types: Mapping[str, tuple] | None = None) -> onnx.GraphProto:
-        """A GraphProto with the given outputs, renamed, and unused nodes removed."""
+        """A GraphProto with the given outputs, renamed, and unused nodes removed.
+
+        An output is renamed by renaming the tensor where it is made; an Identity (which
+        onnxruntime may run as a copy every call) only where that cannot be done."""
         nodes = list(self.nodes)
+        renames = self._output_renames(outputs)
+        if renames:
+            nodes = [_renamed(node, renames) for node in nodes]
         out_infos = []
         for out_name, var in outputs.items():
-            if var.name != out_name:
-                nodes.append(helper.make_node("Identity", [var.name], [out_name],
-                                              name=self.fresh("n_out")))
+            if var.name != out_name and renames.get(var.name) != out_name:
+                nodes.append(helper.make_node("Identity", [renames.get(var.name, var.name)],
+                                              [out_name], name=self.fresh("n_out")))
             dtype, shape = (output_types or {}).get(out_name) or self.types.get(var.name,
                                                                               (None, None))
             if dtype is None:
@@ -278,9 +299,34 @@ class GraphBuilder:
         inits = [t for name, t in self.initializers.items() if name in used]
         return helper.make_graph(nodes, name, self.inputs, out_infos, inits)
 
+    def _output_renames(self, outputs: Mapping[str, Var]) -> dict[str, str]:
+        """tensor -> output name, for outputs made by a node of this graph under another
+        name that nothing else here uses, once each."""
+        taken = {v.name for v in outputs.values()}
+        taken |= {i.name for i in self.inputs} | set(self.initializers)
+        taken |= {o for node in self.nodes for o in node.output}
+        outer = {n for node in self.nodes for n in subgraph_references(node)}
+        sources = [v.name for v in outputs.values()]
+        renames = {}
+        for out_name, var in outputs.items():
+            if (var.name != out_name and var.name in self._producers and out_name not in taken
+                    and sources.count(var.name) == 1 and var.name not in outer):
+                renames[var.name] = out_name
+        return renames
+
     def model(self, outputs: Mapping[str, Var], name: str = "edgetune",
               **kwargs) -> onnx.ModelProto:
         return make_model(self.graph(outputs, name, **kwargs))
+
+
+def _renamed(node: onnx.NodeProto, renames: Mapping[str, str]) -> onnx.NodeProto:
+    if not any(n in renames for n in list(node.input) + list(node.output)):
+        return node
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[:] = [renames.get(n, n) for n in node.input]
+    new.output[:] = [renames.get(n, n) for n in node.output]
+    return new
 
 
 def make_model(graph: onnx.GraphProto, infer: bool = True) -> onnx.ModelProto:

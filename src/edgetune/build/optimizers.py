@@ -48,19 +48,21 @@ class Optimizer:
         if self.clip_norm is not None:
             grads = clip_by_global_norm(b, grads, self.clip_norm)
         new_params, new_state = [], []
+        shaped: dict[int, dict[str, Var]] = {}  # rank -> the schedule's scalars at it
         for p, g, s in zip(params, grads, state, strict=True):
             if prescaled:
-                p2, s2 = b.minus(p, g), {}
-            elif len(b.types.get(g.name, (None, []))[1] or []) >= 3:
-                # onnxruntime multiplies a scalar into a tensor with trailing unit dims
-                # (a 1x1 conv weight [O, I, 1, 1]) ~40x more slowly than into the same
-                # values flat: update conv weights and their slots as vectors.
-                flat, shape = b.ints([-1]), b.shape_of(p)
-                p2, s2 = self.update_one(b, b.Reshape(p, flat), b.Reshape(g, flat),
-                                         {k: b.Reshape(v, flat) for k, v in s.items()}, sched)
-                p2, s2 = b.Reshape(p2, shape), {k: b.Reshape(v, shape) for k, v in s2.items()}
-            else:
-                p2, s2 = self.update_one(b, p, g, s, sched)
+                new_params.append(b.minus(p, g))
+                new_state.append({})
+                continue
+            # Conv weights get their scalars shaped [1, 1, 1, 1] (see scalars_of_rank).
+            rank = len(b.types.get(g.name, (None, []))[1] or [])
+            rank = rank if rank >= 3 else 0
+            if rank not in shaped:
+                ones = b.ints([1] * rank)
+                shaped[rank] = {k: b.Reshape(v, ones) for k, v in sched.items()} if rank \
+                    else sched
+            with b.scalars_of_rank(rank):
+                p2, s2 = self.update_one(b, p, g, s, shaped[rank])
             new_params.append(p2)
             new_state.append(s2)
         return new_params, new_state
