@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py
+	$(PY) bench/step_floor.py
 
 clean:
 	rm -rf $(VENV)

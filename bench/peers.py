@@ -518,46 +518,49 @@ def best_peer(entries: dict, config: str,
 
 def summary(args, results) -> list[str]:
     lines = ["Ratios (edgetune ÷ peer; below 1 means edgetune takes less time or memory). "
-             "The targets of issue 6 and where they fall:", "",
-             "| target | measured | met? |", "|---|---|---|"]
+             "The targets of issue 6 and where they fall. The machine is shared: the same "
+             "graph's time drifts by up to 1.5x between runs minutes apart, so each timing "
+             "is given as the median of every repeat and as the best repeat (noise only "
+             "adds time); a target is met when both meet it.", "",
+             "| target | measured: median | measured: best repeat | met? |",
+             "|---|---|---|---|"]
     head = results.get("head_t")
     if head:
         for config in [h["name"] for h in results["inputs_heads"]]:
-            ours = {n.split("|")[1]: t["median"] for n, t in head["edgetune"].items()
-                    if n.startswith(config + "|")}
-            best_variant = min(ours, key=ours.get)
-            peer_s, peer = best_peer(head, config)
-            ratio = ours[best_variant] / peer_s
-            ours_cpu = min(t["cpu"] for n, t in head["edgetune"].items()
-                           if n.startswith(config + "|"))
-            peer_cpu = best_peer(head, config, key="cpu")[0]
+            cells, met = [], True
+            for key in ("median", "min"):
+                ours = {n.split("|")[1]: t[key] for n, t in head["edgetune"].items()
+                        if n.startswith(config + "|")}
+                best_variant = min(ours, key=ours.get)
+                peer_s, peer = best_peer(head, config, key=key)
+                met = met and ours[best_variant] / peer_s <= 0.5
+                cells.append(f"edgetune {best_variant} {fmt_us(ours[best_variant])} µs vs "
+                             f"{peer} {fmt_us(peer_s)} µs: "
+                             f"{peer_s / ours[best_variant]:.2f}x as fast")
             lines.append(f"| training step, {config}: ≥2x faster than the best peer | "
-                         f"edgetune {best_variant} {fmt_us(ours[best_variant])} µs vs "
-                         f"{peer} {fmt_us(peer_s)} µs: {peer_s / ours[best_variant]:.2f}x "
-                         f"as fast (CPU time: {peer_cpu / ours_cpu:.2f}x) | "
-                         f"{'yes' if ratio <= 0.5 else 'no'} |")
+                         f"{cells[0]} | {cells[1]} | {'yes' if met else 'no'} |")
     pers = results.get("personalize_t")
     if pers:
         e, t = pers["edgetune"]["total"], pers["torch"]["total"]
         ec, tc = pers["edgetune"]["cpu"], pers["torch"]["cpu"]
         lines.append(f"| personalization end to end: ≥3x faster than PyTorch eager | "
                      f"{e:.2f} s vs {t:.2f} s: {t / e:.2f}x as fast (CPU time: "
-                     f"{tc / ec:.2f}x) | {'yes' if e * 3 <= t else 'no'} |")
+                     f"{tc / ec:.2f}x) | (fresh processes; median only) | "
+                     f"{'yes' if e * 3 <= t else 'no'} |")
     ft = results.get("finetune_t")
     if ft:
         for opt in ("SGD", "Adam"):
             config = f"last block {opt}"
-            ours = min(t["median"] for n, t in ft["edgetune"].items()
-                       if n.startswith(config + "|"))
-            ours_cpu = min(t["cpu"] for n, t in ft["edgetune"].items()
+            cells, met = [], True
+            for key in ("median", "min"):
+                ours = min(t[key] for n, t in ft["edgetune"].items()
                            if n.startswith(config + "|"))
-            theirs = ft["torch"][f"{config}|eager"]["median"]
-            theirs_cpu = ft["torch"][f"{config}|eager"]["cpu"]
+                theirs = ft["torch"][f"{config}|eager"][key]
+                met = met and ours <= theirs
+                cells.append(f"{ours * 1e3:.1f} ms vs {theirs * 1e3:.1f} ms per step: "
+                             f"{fmt_ratio(ours / theirs)} the time")
             lines.append(f"| fine-tuning the last block ({opt}): no slower than PyTorch eager "
-                         f"| {ours * 1e3:.1f} ms vs {theirs * 1e3:.1f} ms per step: "
-                         f"{fmt_ratio(ours / theirs)} the time (CPU time: "
-                         f"{fmt_ratio(ours_cpu / theirs_cpu)}) | "
-                         f"{'yes' if ours <= theirs else 'no'} |")
+                         f"| {cells[0]} | {cells[1]} | {'yes' if met else 'no'} |")
     return lines + [""]
 
 
