@@ -62,12 +62,18 @@ class Optimizer:
                 shaped[rank] = {k: b.Reshape(v, ones) for k, v in sched.items()} if rank \
                     else sched
             with b.scalars_of_rank(rank):
-                p2, s2 = self.update_one(b, p, g, s, shaped[rank])
-            new_params.append(p2)
+                p, g = self.decay(b, p, g, shaped[rank])
+                delta, s2 = self.direction(b, g, s, shaped[rank])
+            new_params.append(p - delta)
             new_state.append(s2)
         return new_params, new_state
 
-    def update_one(self, b, p, g, s, sched):
+    def decay(self, b, p, g, sched):
+        """Weight decay, before the step: (p, g) -> (p', g'); none by default."""
+        return p, g
+
+    def direction(self, b, g, s, sched):
+        """(delta, new slots): the step is p' - delta. Elementwise in g and the slots."""
         raise NotImplementedError
 
 
@@ -89,10 +95,11 @@ class SGD(Optimizer):
             return None
         return sched["lr"]
 
-    def update_one(self, b, p, g, s, sched):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
-        return p - sched["lr"] * g, {}
+    def decay(self, b, p, g, sched):
+        return p, (g + self.weight_decay * p if self.weight_decay else g)
+
+    def direction(self, b, g, s, sched):
+        return sched["lr"] * g, {}
 
 
 @dataclass
@@ -104,12 +111,13 @@ class Momentum(Optimizer):
     weight_decay: float = 0.0
     slots: ClassVar[tuple[str, ...]] = ("momentum",)
 
-    def update_one(self, b, p, g, s, sched):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
+    def decay(self, b, p, g, sched):
+        return p, (g + self.weight_decay * p if self.weight_decay else g)
+
+    def direction(self, b, g, s, sched):
         buf = self.momentum * s["momentum"] + g
         direction = g + self.momentum * buf if self.nesterov else buf
-        return p - sched["lr"] * direction, {"momentum": buf}
+        return sched["lr"] * direction, {"momentum": buf}
 
 
 @dataclass
@@ -137,12 +145,11 @@ class Adam(Optimizer):
     def decay(self, b, p, g, sched):
         return p, (g + self.weight_decay * p if self.weight_decay else g)
 
-    def update_one(self, b, p, g, s, sched):
-        p, g = self.decay(b, p, g, sched)
+    def direction(self, b, g, s, sched):
         m = self.beta1 * s["m"] + (1.0 - self.beta1) * g
         v = self.beta2 * s["v"] + (1.0 - self.beta2) * (g * g)
         denom = b.Sqrt(v) + sched["eps"]
-        return p - sched["step_size"] * (m / denom), {"m": m, "v": v}
+        return sched["step_size"] * (m / denom), {"m": m, "v": v}
 
 
 @dataclass
