@@ -272,6 +272,25 @@ def _epoch_graph(step_builder: _StepBuilder, features_shape, params, state, opti
     per_batch = {"features": features, **(body_targets or {"labels": labels,
                                                             "sample_weight": weights})}
 
+    body_graph, scanned = _epoch_body(step_builder, features_shape, params, state, optimizer,
+                                      per_batch, sched, targets, body_targets, hoist_loss)
+    results = b.op("Scan", *outer_p, *[s for slots in outer_s for s in slots.values()],
+                   *scanned, outputs=len(body_graph.output), body=body_graph,
+                   num_scan_inputs=len(scanned))
+    *final, emitted_all = results
+    losses = step_builder.loss.batch_loss(b, emitted_all, targets) if hoist_loss else emitted_all
+    graph_outputs = {"losses": losses}
+    out_types = {"losses": (np.float32, [BATCHES])}
+    for spec, value in zip(params + state, final, strict=True):
+        graph_outputs[spec.train_output] = value
+        out_types[spec.train_output] = (np.float32, spec.shape)
+    return b.model(graph_outputs, name="edgetune_train_epoch", output_types=out_types)
+
+
+def _epoch_body(step_builder: _StepBuilder, features_shape, params, state, optimizer,
+                per_batch: dict, sched: dict, targets, body_targets, hoist_loss: bool):
+    """The Scan body: one step on one mini-batch. Returns the body graph and the outer
+    tensors to scan, in the order of its scan inputs."""
     prefix = "scan/"
     body = GraphBuilder(prefix=prefix)
     p_vars = [body.input(prefix + p.train_input, np.float32, p.shape) for p in params]
@@ -284,9 +303,8 @@ def _epoch_graph(step_builder: _StepBuilder, features_shape, params, state, opti
     body_sched = {k: body.input(prefix + "sched." + k, np.float32, []) for k in sched}
     logits = step_builder.logits(body, rows["features"], p_vars)
     if targets is not None:
-        rows_targets = {k: rows[k] for k in body_targets}
         loss, new_params, new_state = step_builder.update(
-            body, logits, p_vars, s_vars, body_sched, targets=rows_targets,
+            body, logits, p_vars, s_vars, body_sched, targets={k: rows[k] for k in body_targets},
             need_loss=not hoist_loss, scaled_targets=body_targets is not targets)
     else:
         loss, new_params, new_state = step_builder.update(
@@ -314,18 +332,7 @@ def _epoch_graph(step_builder: _StepBuilder, features_shape, params, state, opti
     kept = [i for i in body_graph.input if i.name not in unread]
     del body_graph.input[:]
     body_graph.input.extend(kept)
-    scan_inputs = [v for name, v in scanned if name not in unread]
-    results = b.op("Scan", *outer_p, *[s for slots in outer_s for s in slots.values()],
-                   *scan_inputs, outputs=len(outputs), body=body_graph,
-                   num_scan_inputs=len(scan_inputs))
-    *final, emitted_all = results
-    losses = step_builder.loss.batch_loss(b, emitted_all, targets) if hoist_loss else emitted_all
-    graph_outputs = {"losses": losses}
-    out_types = {"losses": (np.float32, [BATCHES])}
-    for spec, value in zip(params + state, final, strict=True):
-        graph_outputs[spec.train_output] = value
-        out_types[spec.train_output] = (np.float32, spec.shape)
-    return b.model(graph_outputs, name="edgetune_train_epoch", output_types=out_types)
+    return body_graph, [v for name, v in scanned if name not in unread]
 
 
 def _infer_graph(head_graph, features_name, features_shape, params, loss):
