@@ -206,6 +206,23 @@ def test_a_loaded_bundle_is_saved_by_hard_links_while_its_files_are_unchanged(sa
     assert Bundle.load(again).files[base_file] == bundle.files[base_file]
 
 
+def test_a_released_graph_is_read_again_verified(saved, tmp_path):
+    """release() drops a graph's bytes from memory; graph(), describe() and save() read
+    them again from the directory, verified: a file changed meanwhile is refused."""
+    bundle = Bundle.load(saved)
+    base = bundle.graph("base")
+    bundle.release("base")
+    assert bundle.manifest["graphs"]["base"]["file"] not in bundle.files
+    assert bundle.graph("base") == base
+    assert bundle.describe()["graphs"]["base"]["bytes"] == len(base)
+    Bundle.load(bundle.save(tmp_path / "copy.edgetune"))
+
+    bundle.release("base")  # save() moved the bundle to the copy: change the file there
+    (bundle.path / bundle.manifest["graphs"]["base"]["file"]).write_bytes(base[:-1] + b"x")
+    with pytest.raises(BundleError, match="sha256"):
+        bundle.graph("base")
+
+
 def personalize_from_manifest(path, features, labels, steps, batch):
     """Everything a program needs, knowing only the manifest and an ONNX runtime."""
     from safetensors.numpy import load_file

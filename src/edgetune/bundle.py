@@ -273,7 +273,25 @@ class Bundle:
         graphs = self.manifest["graphs"]
         if role not in graphs:
             raise BundleError(f"this bundle has no {role!r} graph; it has {sorted(graphs)}")
-        return self.files[graphs[role]["file"]]
+        return self._bytes(graphs[role], f"graphs.{role}")
+
+    def release(self, role: str) -> None:
+        """Drop a graph's bytes from memory once a session holds what it needs (the base:
+        13 MB less at the peak of feature extraction); `graph(role)` reads and verifies
+        them again from the bundle directory. No-op for a bundle not on disk."""
+        if self.path is not None and self.has_graph(role):
+            name = self.manifest["graphs"][role]["file"]
+            self.files.pop(name, None)
+            self._sources.pop(name, None)
+
+    def _bytes(self, entry: dict, where: str) -> bytes:
+        data = self.files.get(entry["file"])  # one lookup: another thread may release it
+        if data is not None:
+            return data
+        if self.path is None:
+            raise BundleError(f"{where}: {entry['file']} is not in memory and the bundle has "
+                              f"no directory to read it from")
+        return self._read_verified(self.path, entry, where)[0]
 
     def has_graph(self, role: str) -> bool:
         return role in self.manifest["graphs"]
@@ -295,7 +313,7 @@ class Bundle:
         m = self.manifest
         graphs = {}
         for role, entry in m["graphs"].items():
-            data = self.files[entry["file"]]
+            data = self._bytes(entry, f"graphs.{role}")
             graphs[role] = {"file": entry["file"], "bytes": len(data), "sha256": entry["sha256"],
                             "nodes": _count_nodes(data), "inputs": entry["inputs"],
                             "outputs": entry["outputs"]}
@@ -316,6 +334,9 @@ class Bundle:
         target = Path(path)
         if target.exists() and not overwrite:
             raise BundleError(f"{target} exists; pass overwrite=True (--force) to replace it")
+        for where, entry in self._file_entries(self.manifest):  # released: read them again
+            if entry["file"] not in self.files:
+                self.files[entry["file"]] = self._bytes(entry, where)
         unchanged = {name for name, (data, *_) in self._sources.items()
                      if self.files.get(name) is data}
         for _, entry in self._file_entries(self.manifest):

@@ -206,6 +206,7 @@ class Personalizer:
     def _base_session(self):
         if self._base is None:
             self._base = self._session("base")
+            self.bundle.release("base")  # the session has its weights; export reads it again
         return self._base
 
     def _to_input(self, image) -> np.ndarray:
