@@ -30,6 +30,7 @@ from edgetune.build import bases
 from edgetune.build.heads import MLP, Head, LinearSVM, SoftmaxClassifier
 from edgetune.build.losses import Loss
 from edgetune.build.optimizers import OPTIMIZERS, Optimizer
+from edgetune.build.rewrite import pointwise_head_as_gemm
 from edgetune.build.train_graph import TrainingGraphs, build_training_graphs
 from edgetune.bundle import Bundle
 
@@ -174,7 +175,7 @@ def _compose(tail: onnx.ModelProto | None, cut: str, cut_shape: list,
     b = GraphBuilder()
     x = b.input("features", np.float32, ["N", *cut_shape])
     if tail is not None:
-        (x,) = b.inline(tail.graph, {cut: x}, prefix="base/")
+        (x,) = b.inline(pointwise_head_as_gemm(tail).graph, {cut: x}, prefix="base/")
     head_input = next(i.name for i in head_model.graph.input
                       if i.name not in {t.name for t in head_model.graph.initializer})
     logits = b.inline(head_model.graph, {head_input: x}, prefix="")[0]
