@@ -11,8 +11,8 @@ over the whole batch and the weight gradient is one GEMM with no transpose:
     Gemm(W [O, I], x', bias [O, 1]) -> [O, N*H*W] -> Reshape [O, N, H*W]
     activation(s) -> GlobalAveragePool [O, N, 1] -> Reshape [O, N] -> Transpose [N, O]
 
-(On EfficientNet-Lite0's last block, a training step of batch 32 went from about 26
-to about 21 ms.)
+(On EfficientNet-Lite0's last block, an SGD step of batch 32 went from about 26
+to about 23 ms, one thread.)
 """
 
 from __future__ import annotations
