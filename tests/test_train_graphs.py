@@ -14,6 +14,7 @@ from edgetune.build.heads import MLP, LinearSVM, SoftmaxClassifier
 from edgetune.build.losses import SoftmaxCrossEntropy
 from edgetune.build.optimizers import SGD, Adam, AdamW, Momentum
 from edgetune.build.train_graph import build_training_graphs
+from edgetune.runtime.trainer import GraphTrainer
 
 
 def conv_block_head(classes: int, channels: int = 4, width: int = 16):
@@ -193,3 +194,19 @@ def test_unknown_trainable_name_lists_candidates():
     head, _ = MLP(classes=3, hidden=4).build([8])
     with pytest.raises(ValueError, match="hidden.weight"):
         build_training_graphs(head, SoftmaxCrossEntropy(), SGD(), trainable=["nope"])
+
+
+def test_an_older_epoch_graph_is_left_for_single_steps():
+    """Bundles from before the Scan layout have a flat epoch graph with a batch_size
+    input: the trainer does not feed it the new layout, it steps through `train`."""
+    head, shapes = SoftmaxClassifier(classes=10).build([64])
+    graphs = build_training_graphs(head, SoftmaxCrossEntropy(), SGD(lr=0.1),
+                                   param_shapes=shapes)
+    b = GraphBuilder()
+    b.input("batch_size", np.int64, [])
+    older = b.model({"losses": b.Identity(b.input("lr", np.float32, []))})
+    trainer = trainer_for(graphs, lr=0.1)
+    legacy = GraphTrainer(graphs.train.SerializeToString(), trainer.values, None,
+                          {p.train_input: p.train_output for p in graphs.params},
+                          epoch=older.SerializeToString(), lr=0.1)
+    assert trainer.has_epoch_graph and not legacy.has_epoch_graph

@@ -69,8 +69,10 @@ class Optimizer:
         return new_params, new_state
 
     def decay(self, b, p, g, sched):
-        """Weight decay, before the step: (p, g) -> (p', g'); none by default."""
-        return p, g
+        """Weight decay, before the step: (p, g) -> (p', g'). By default L2 added to the
+        gradient, as torch.optim does with `weight_decay`, when the optimizer has one."""
+        weight_decay = getattr(self, "weight_decay", 0.0)
+        return p, (g + weight_decay * p if weight_decay else g)
 
     def direction(self, b, g, s, sched):
         """(delta, new slots): the step is p' - delta. Elementwise in g and the slots."""
@@ -95,9 +97,6 @@ class SGD(Optimizer):
             return None
         return sched["lr"]
 
-    def decay(self, b, p, g, sched):
-        return p, (g + self.weight_decay * p if self.weight_decay else g)
-
     def direction(self, b, g, s, sched):
         return sched["lr"] * g, {}
 
@@ -110,9 +109,6 @@ class Momentum(Optimizer):
     nesterov: bool = False
     weight_decay: float = 0.0
     slots: ClassVar[tuple[str, ...]] = ("momentum",)
-
-    def decay(self, b, p, g, sched):
-        return p, (g + self.weight_decay * p if self.weight_decay else g)
 
     def direction(self, b, g, s, sched):
         buf = self.momentum * s["momentum"] + g
@@ -136,14 +132,8 @@ class Adam(Optimizer):
         # with the bias corrections c = 1 - beta^t folded into two scalars per step.
         t = b.as_float(step)
         root_c2 = b.Sqrt(1.0 - b.Pow(b.const(self.beta2), t))
-        sched = {"step_size": lr * root_c2 / (1.0 - b.Pow(b.const(self.beta1), t)),
-                 "eps": root_c2 * self.eps}
-        if isinstance(self, AdamW) and self.weight_decay:
-            sched["keep"] = 1.0 - lr * self.weight_decay
-        return sched
-
-    def decay(self, b, p, g, sched):
-        return p, (g + self.weight_decay * p if self.weight_decay else g)
+        return {"step_size": lr * root_c2 / (1.0 - b.Pow(b.const(self.beta1), t)),
+                "eps": root_c2 * self.eps}
 
     def direction(self, b, g, s, sched):
         m = self.beta1 * s["m"] + (1.0 - self.beta1) * g
@@ -157,6 +147,12 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (torch.optim.AdamW): p *= 1 - lr * weight_decay."""
 
     weight_decay: float = 0.01
+
+    def schedule(self, b, lr, step):
+        sched = super().schedule(b, lr, step)
+        if self.weight_decay:
+            sched["keep"] = 1.0 - lr * self.weight_decay
+        return sched
 
     def decay(self, b, p, g, sched):
         return (p * sched["keep"] if self.weight_decay else p), g

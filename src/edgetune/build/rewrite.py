@@ -21,9 +21,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# Activations that act element by element, with any further inputs constant.
+# Activations that act element by element (with any further inputs constant) and have
+# gradient rules.
 ELEMENTWISE = {"Clip", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
-               "Elu", "Selu", "Softplus", "Identity"}
+               "Identity"}
 
 
 def pointwise_head_as_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -43,13 +44,15 @@ def pointwise_head_as_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
         users = consumers.get(name, [])
         return users[0] if len(users) == 1 and name not in outputs else None
 
-    replaced: dict[int, list[onnx.NodeProto]] = {}  # id of a chain's first node -> new nodes
+    # The new nodes go where the chain's last node was: everything any chain node reads
+    # is defined by then, and nothing after it has been read yet.
+    replaced: dict[int, list[onnx.NodeProto]] = {}  # id of a chain's last node -> new nodes
     dropped: set[int] = set()
     for conv in graph.node:
         chain = _chain(conv, only_consumer, inits, constants, shapes)
         if chain is None:
             continue
-        replaced[id(conv)] = _rewritten(conv, chain, inits, shapes)
+        replaced[id(chain[-1])] = _rewritten(conv, chain, inits, shapes)
         dropped.update(id(n) for n in chain)
     if not replaced:
         return model
