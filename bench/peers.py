@@ -927,20 +927,16 @@ def main() -> None:
     def collect(runs):
         results["loads"] += [r["load_before"] for rs in runs.values() for r in rs]
 
-    if "head" in args.workloads:
-        runs = run_rounds(train_jobs(inputs, built, tmp, args, "head"), tmp, args,
-                          args.rounds, "head")
+    for kind, label in (("head", "head"), ("finetune", "last block")):
+        if kind not in args.workloads:
+            continue
+        runs = run_rounds(train_jobs(inputs, built, tmp, args, kind), tmp, args,
+                          args.rounds, label)
         collect(runs)
-        results["head_t"] = {s: merge_timings(r, "train") for s, r in runs.items()}
-        results["head"] = True
-        results["crosscheck_head"] = crosscheck(results["head_t"], tmp / "params")
+        results[f"{kind}_t"] = {s: merge_timings(r, "train") for s, r in runs.items()}
+        results[kind] = True
+        results[f"crosscheck_{kind}"] = crosscheck(results[f"{kind}_t"], tmp / "params")
     if "finetune" in args.workloads:
-        runs = run_rounds(train_jobs(inputs, built, tmp, args, "finetune"), tmp, args,
-                          args.rounds, "last block")
-        collect(runs)
-        results["finetune_t"] = {s: merge_timings(r, "train") for s, r in runs.items()}
-        results["finetune"] = True
-        results["crosscheck_finetune"] = crosscheck(results["finetune_t"], tmp / "params")
         results["finetune_reference"] = float64_reference(results["finetune_t"],
                                                           tmp / "params")
     if "personalize" in args.workloads:

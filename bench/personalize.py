@@ -340,6 +340,13 @@ def _threads(n: int) -> str:
     return f"{n} thread{'s' if n != 1 else ''}"
 
 
+def _table_top(caption: str, cols) -> list[str]:
+    """A caption and the header of a table with one column per (pipeline, threads)."""
+    return ["", caption, "",
+            "| | " + " | ".join(f"{LABELS[p]}, {t}T" for p, t in cols) + " |",
+            "|---" + "|---:" * len(cols) + "|"]
+
+
 def report(args, runs, diff: float, total_s: float) -> str:
     def phase(name):
         return lambda r: r["phases"][name]["seconds"]
@@ -467,14 +474,8 @@ def report(args, runs, diff: float, total_s: float) -> str:
             "after imports.",
         ]
     cols = [(p, t) for t in threads for p in PIPELINES]
-    lines += [
-        "",
-        "Absolute figures: seconds (median, and min-max over the runs for the totals), MiB "
-        "(median):",
-        "",
-        "| | " + " | ".join(f"{LABELS[p]}, {t}T" for p, t in cols) + " |",
-        "|---" + "|---:" * len(cols) + "|",
-    ]
+    lines += _table_top("Absolute figures: seconds (median, and min-max over the runs for "
+                        "the totals), MiB (median):", cols)
     for i, (label, get) in enumerate(times):
         cells = []
         for key in cols:
@@ -489,14 +490,8 @@ def report(args, runs, diff: float, total_s: float) -> str:
     for label, get in memory:
         lines.append(f"| {label} | " + " | ".join(f"{med(runs[key], get):.0f}"
                                                    for key in cols) + " |")
-    lines += [
-        "",
-        "Where the time goes, measured in the same subprocesses after the pipeline (not part "
-        "of its time or peak), seconds, median:",
-        "",
-        "| | " + " | ".join(f"{LABELS[p]}, {t}T" for p, t in cols) + " |",
-        "|---" + "|---:" * len(cols) + "|",
-    ]
+    lines += _table_top("Where the time goes, measured in the same subprocesses after the "
+                        "pipeline (not part of its time or peak), seconds, median:", cols)
     for p in ("edgetune", "torch"):
         for key in runs[(p, threads[0])][0]["extra"]:
             cells = [f"{med(runs[c], lambda r, k=key: r['extra'][k]):.3f}"

@@ -42,6 +42,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # --------------------------------------------------------------------------- build
 
 
+def _variables(tf, module, W0, b0, adam: bool) -> None:
+    """The head's resource variables, and Adam's slots and step counter."""
+    module.w = tf.Variable(W0, name="w")
+    module.b = tf.Variable(b0, name="b")
+    if adam:
+        module.slots = [(tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
+                        for v in (module.w, module.b)]
+        module.t = tf.Variable(0.0, name="t")
+
+
+def _step(tf, module, grads, lr, adam: bool, betas, eps) -> None:
+    """SGD, or Adam as torch.optim.Adam, on the module's w and b (traced into `train`)."""
+    if not adam:
+        for v, g in zip((module.w, module.b), grads):
+            v.assign_sub(lr * g)
+        return
+    t = module.t + 1.0
+    module.t.assign(t)
+    c1 = 1.0 - tf.pow(betas[0], t)
+    c2 = 1.0 - tf.pow(betas[1], t)
+    for v, g, (m, s) in zip((module.w, module.b), grads, module.slots):
+        m_new = betas[0] * m + (1.0 - betas[0]) * g
+        s_new = betas[1] * s + (1.0 - betas[1]) * g * g
+        m.assign(m_new)
+        s.assign(s_new)
+        v.assign_sub(lr / c1 * m_new / (tf.sqrt(s_new) / tf.sqrt(c2) + eps))
+
+
 def head_module(tf, W0, b0, optimizer: str, batch: int, betas=(0.9, 0.999), eps=1e-8):
     """A softmax head trained by its `train` signature; W is [classes, features]."""
     classes, features = W0.shape
@@ -50,12 +78,7 @@ def head_module(tf, W0, b0, optimizer: str, batch: int, betas=(0.9, 0.999), eps=
     class Head(tf.Module):
         def __init__(self):
             super().__init__()
-            self.w = tf.Variable(W0, name="w")
-            self.b = tf.Variable(b0, name="b")
-            if adam:
-                self.slots = [(tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
-                              for v in (self.w, self.b)]
-                self.t = tf.Variable(0.0, name="t")
+            _variables(tf, self, W0, b0, adam)
 
         @tf.function(input_signature=[tf.TensorSpec([batch, features], tf.float32),
                                       tf.TensorSpec([batch], tf.int64),
@@ -66,21 +89,7 @@ def head_module(tf, W0, b0, optimizer: str, batch: int, betas=(0.9, 0.999), eps=
                 logits = tf.matmul(x, self.w, transpose_b=True) + self.b
                 nll = -tf.reduce_sum(tf.one_hot(y, classes) * tf.nn.log_softmax(logits), axis=1)
                 loss = tf.reduce_sum(weight * nll) / tf.reduce_sum(weight)
-            grads = tape.gradient(loss, [self.w, self.b])
-            if not adam:
-                for v, g in zip((self.w, self.b), grads):
-                    v.assign_sub(lr * g)
-                return {"loss": loss}
-            t = self.t + 1.0
-            self.t.assign(t)
-            c1 = 1.0 - tf.pow(betas[0], t)
-            c2 = 1.0 - tf.pow(betas[1], t)
-            for v, g, (m, s) in zip((self.w, self.b), grads, self.slots):
-                m_new = betas[0] * m + (1.0 - betas[0]) * g
-                s_new = betas[1] * s + (1.0 - betas[1]) * g * g
-                m.assign(m_new)
-                s.assign(s_new)
-                v.assign_sub(lr / c1 * m_new / (tf.sqrt(s_new) / tf.sqrt(c2) + eps))
+            _step(tf, self, tape.gradient(loss, [self.w, self.b]), lr, adam, betas, eps)
             return {"loss": loss}
 
         @tf.function(input_signature=[tf.TensorSpec([None, features], tf.float32)])
@@ -103,12 +112,7 @@ def guide_module(tf, W0, b0, optimizer: str = "sgd", betas=(0.9, 0.999), eps=1e-
     class Guide(tf.Module):
         def __init__(self):
             super().__init__()
-            self.w = tf.Variable(W0)
-            self.b = tf.Variable(b0)
-            if adam:
-                self.slots = [(tf.Variable(tf.zeros_like(v)), tf.Variable(tf.zeros_like(v)))
-                              for v in (self.w, self.b)]
-                self.t = tf.Variable(0.0)
+            _variables(tf, self, W0, b0, adam)
 
         @tf.function(input_signature=[tf.TensorSpec([None, features], tf.float32),
                                       tf.TensorSpec([None], tf.int64),
@@ -118,21 +122,7 @@ def guide_module(tf, W0, b0, optimizer: str = "sgd", betas=(0.9, 0.999), eps=1e-
                 logits = tf.matmul(x, self.w, transpose_b=True) + self.b
                 loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                     labels=y, logits=logits))
-            grads = tape.gradient(loss, [self.w, self.b])
-            if not adam:
-                for v, g in zip((self.w, self.b), grads):
-                    v.assign_sub(lr * g)
-                return {"loss": loss}
-            t = self.t + 1.0
-            self.t.assign(t)
-            c1 = 1.0 - tf.pow(betas[0], t)
-            c2 = 1.0 - tf.pow(betas[1], t)
-            for v, g, (m, s) in zip((self.w, self.b), grads, self.slots):
-                m_new = betas[0] * m + (1.0 - betas[0]) * g
-                s_new = betas[1] * s + (1.0 - betas[1]) * g * g
-                m.assign(m_new)
-                s.assign(s_new)
-                v.assign_sub(lr / c1 * m_new / (tf.sqrt(s_new) / tf.sqrt(c2) + eps))
+            _step(tf, self, tape.gradient(loss, [self.w, self.b]), lr, adam, betas, eps)
             return {"loss": loss}
 
         @tf.function(input_signature=[])
