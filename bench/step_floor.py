@@ -33,11 +33,11 @@ import onnxruntime as ort  # noqa: E402
 from common import BENCHMARKS, cpu_model, write_section  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
-from edgetune.build.heads import SoftmaxClassifier  # noqa: E402
-from edgetune.build.losses import SoftmaxCrossEntropy  # noqa: E402
-from edgetune.build.optimizers import SGD  # noqa: E402
-from edgetune.build.train_graph import build_training_graphs  # noqa: E402
-from edgetune.runtime.trainer import make_session  # noqa: E402
+from edgetune.converter.heads import SoftmaxClassifier  # noqa: E402
+from edgetune.converter.losses import SoftmaxCrossEntropy  # noqa: E402
+from edgetune.converter.optimizers import SGD  # noqa: E402
+from edgetune.converter.train_graph import build_training_graphs  # noqa: E402
+from edgetune.runtime.trainer import GraphTrainer, make_session  # noqa: E402
 
 F, C, B, LR = 1280, 4, 32, 0.01
 HEADING = "## Training step against a hand-written floor"
@@ -147,7 +147,8 @@ def main() -> None:
 
     head, shapes = SoftmaxClassifier(C).build([F])
     graphs = build_training_graphs(head, SoftmaxCrossEntropy(), SGD(lr=LR), param_shapes=shapes)
-    trainer = graphs.trainer(lr=LR, threads=1, params={"head.weight": W0, "head.bias": b0})
+    trainer = GraphTrainer.for_bundle(graphs.as_bundle({"head.weight": W0, "head.bias": b0}),
+                                      lr=LR, threads=1)
     epoch = trainer._epoch
     feeds = {"features": X, "labels": y, "sample_weight": np.ones((k, B), np.float32),
              "lr": np.array(LR, np.float32), "step": np.array(1, np.int64),

@@ -27,10 +27,10 @@ from common import cpu_model, write_section  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import trainer_for  # noqa: E402
 
-from edgetune.build.heads import SoftmaxClassifier  # noqa: E402
-from edgetune.build.losses import SoftmaxCrossEntropy  # noqa: E402
-from edgetune.build.optimizers import SGD  # noqa: E402
-from edgetune.build.train_graph import build_training_graphs  # noqa: E402
+from edgetune.converter.heads import SoftmaxClassifier  # noqa: E402
+from edgetune.converter.losses import SoftmaxCrossEntropy  # noqa: E402
+from edgetune.converter.optimizers import SGD  # noqa: E402
+from edgetune.converter.train_graph import build_training_graphs  # noqa: E402
 
 FEATURES, CLASSES, BATCH, LR = 1280, 4, 32, 0.01
 

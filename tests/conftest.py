@@ -19,8 +19,9 @@ def digits():
 
 
 def trainer_for(graphs, lr: float = 0.01, threads: int = 1, params=None) -> GraphTrainer:
-    """A GraphTrainer for TrainingGraphs, starting from their initial values."""
-    return graphs.trainer(lr=lr, threads=threads, params=params)
+    """A GraphTrainer for TrainingGraphs, starting from their initial values (or
+    `params`, by parameter name)."""
+    return GraphTrainer.for_bundle(graphs.as_bundle(params), lr=lr, threads=threads)
 
 
 PHOTO_CLASSES = ("chelsea", "coffee", "astronaut", "rocket")

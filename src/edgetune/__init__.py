@@ -1,6 +1,6 @@
 """edgetune: personalize neural networks on the device that uses them.
 
-Build time (`edgetune.build`, needs onnx and torch) turns a base and a head into plain
+Build time (`edgetune.converter`, needs onnx and torch) turns a base and a head into plain
 ONNX training graphs; run time (`edgetune.runtime`, needs only numpy, onnxruntime,
 Pillow and safetensors) runs them. Names load lazily, so a device that has only the
 runtime never imports a build-time library.
@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {
-    "heads": ("edgetune.build.heads", None),
-    "losses": ("edgetune.build.losses", None),
-    "optim": ("edgetune.build.optimizers", None),
-    "build_training_graphs": ("edgetune.build.train_graph", "build_training_graphs"),
-    "convert": ("edgetune.build.convert", "convert"),
+    "heads": ("edgetune.converter.heads", None),
+    "losses": ("edgetune.converter.losses", None),
+    "optim": ("edgetune.converter.optimizers", None),
+    "build_training_graphs": ("edgetune.converter.train_graph", "build_training_graphs"),
+    "convert": ("edgetune.converter.convert", "convert"),
     "Bundle": ("edgetune.bundle", "Bundle"),
     "Personalizer": ("edgetune.runtime.personalizer", "Personalizer"),
 }

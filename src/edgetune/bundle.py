@@ -27,7 +27,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from edgetune.onnx_scan import ProtobufError, external_data_locations, fields
-from edgetune.runtime.errors import EdgetuneError
+from edgetune.errors import BundleError, EdgetuneError
 
 FORMAT = "edgetune.bundle"
 VERSION = 1
@@ -43,9 +43,6 @@ GRAPH_ROLES = {
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-
-class BundleError(EdgetuneError, ValueError):
-    """A bundle is malformed, tampered with, or from a newer edgetune."""
 
 
 def sha256(data: bytes) -> str:

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from edgetune.runtime.errors import EdgetuneError
+from edgetune.errors import EdgetuneError
 
 COMMANDS: dict[str, Callable] = {}
 
@@ -39,7 +39,7 @@ def _size(n: int) -> str:
 
 @command("convert")
 def cmd_convert(args) -> int:
-    from edgetune.build.convert import convert
+    from edgetune.converter.convert import convert
 
     bundle = convert(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
                      weight_decay=args.weight_decay, classes=args.classes, cut=args.cut,
@@ -109,7 +109,7 @@ def _finish(bar) -> None:
 
 @command("train")
 def cmd_train(args) -> int:
-    from edgetune.runtime.images import list_image_folder
+    from edgetune.inputs.image import list_image_folder
     from edgetune.runtime.personalizer import Personalizer
 
     items = list_image_folder(args.data)

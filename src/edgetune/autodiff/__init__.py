@@ -4,7 +4,6 @@
 the forward nodes backwards using the table in `rules.RULES`.
 """
 
-from edgetune.autodiff import rules as _rules  # noqa: F401  (fills the table)
 from edgetune.autodiff.builder import IR_VERSION, OPSET, GraphBuilder, Var, make_model, prune
 from edgetune.autodiff.rules import RULES
 from edgetune.autodiff.traversal import UnsupportedOpError, gradients

@@ -15,7 +15,7 @@ import numpy as np
 from onnx import TensorProto
 
 from edgetune.autodiff.builder import Var
-from edgetune.autodiff.traversal import RuleContext
+from edgetune.autodiff.context import RuleContext
 
 FLOAT = TensorProto.FLOAT
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 import edgetune as et
-from edgetune.runtime.trainer import make_session
+from edgetune.runtime.trainer import GraphTrainer, make_session
 
 
 def load_digits_split(per_class: int = 20, seed: int = 0):
@@ -41,7 +41,7 @@ def main(epochs: int = 30) -> dict:
           f"({len(graphs.train.graph.node)} nodes in the step)")
 
     x, y, x_test, y_test = load_digits_split()
-    trainer = graphs.trainer(lr=0.05)
+    trainer = GraphTrainer.for_bundle(graphs.as_bundle(), lr=0.05)
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):

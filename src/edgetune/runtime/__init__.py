@@ -16,13 +16,13 @@ Modules: :mod:`.errors`, :mod:`.images`, :mod:`.store`, :mod:`.checkpoint`,
 """
 
 from .checkpoint import Checkpoint, CheckpointDir, load_checkpoint, save_checkpoint
-from .errors import (
+from edgetune.errors import (
     BadInputError,
     CorruptCheckpointError,
     EdgetuneError,
     IncompatibleCheckpointError,
 )
-from .images import list_image_folder, load_image, prepare, prepare_batch
+from edgetune.inputs.image import list_image_folder, load_image, prepare, prepare_batch
 from .prototypes import PrototypeClassifier, imprint_weights
 from .store import SampleInfo, SampleStore
 

@@ -38,7 +38,7 @@ import numpy as np
 import safetensors.numpy as st_numpy
 from safetensors import SafetensorError
 
-from .errors import BadInputError, CorruptCheckpointError, IncompatibleCheckpointError
+from edgetune.errors import BadInputError, CorruptCheckpointError, IncompatibleCheckpointError
 
 __all__ = [
     "FORMAT",

@@ -29,8 +29,8 @@ import numpy as np
 
 from edgetune.bundle import Bundle, BundleError, sha256
 from edgetune.runtime.checkpoint import CheckpointDir
-from edgetune.runtime.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
-from edgetune.runtime.images import list_image_folder, prepare
+from edgetune.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
+from edgetune.inputs.image import list_image_folder, prepare
 from edgetune.runtime.prototypes import PrototypeClassifier, imprint_weights
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, make_session
@@ -376,9 +376,8 @@ class Personalizer:
                 role: self._session(role, [s["train_input"] for s in specs],
                                     [s["train_output"] for s in specs])
                 for role in ("train", "train_epoch") if self.bundle.has_graph(role)}
-        trainer = GraphTrainer(self._train_sessions["train"], self._values, None,
-                               {s["train_input"]: s["train_output"] for s in specs},
-                               epoch=self._train_sessions.get("train_epoch"), lr=lr)
+        trainer = GraphTrainer.for_bundle(self.bundle, self._values, lr=lr,
+                                          sessions=self._train_sessions)
         trainer.step_count = self.step
         return trainer
 

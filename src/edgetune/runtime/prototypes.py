@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import BadInputError
+from edgetune.errors import BadInputError
 
 __all__ = ["PrototypeClassifier", "imprint_weights"]
 

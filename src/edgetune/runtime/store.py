@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .errors import BadInputError, EdgetuneError
+from edgetune.errors import BadInputError, EdgetuneError
 
 __all__ = ["SampleInfo", "SampleStore"]
 

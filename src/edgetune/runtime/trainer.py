@@ -42,6 +42,18 @@ def make_session(model: bytes | str | ort.InferenceSession,
     return session
 
 
+def initial_train_values(bundle) -> dict[str, np.ndarray]:
+    """train-graph input name -> value: the bundle's initial parameters, zero optimizer
+    state (each slot shaped like its parameter)."""
+    initial = bundle.initial_values()
+    values = {p["train_input"]: np.asarray(initial[p["name"]], np.float32)
+              for p in bundle.params}
+    by_name = {p["name"]: p["train_input"] for p in bundle.params}
+    values.update({s["train_input"]: np.zeros_like(values[by_name[s["param"]]])
+                   for s in bundle.state})
+    return values
+
+
 class GraphTrainer:
     """Holds parameters and optimizer state; runs `train` / `train_epoch` graphs.
 
@@ -71,24 +83,27 @@ class GraphTrainer:
 
     @classmethod
     def for_bundle(cls, bundle, values: Mapping[str, np.ndarray] | None = None, *,
-                   lr: float | None = None, threads: int | None = None) -> GraphTrainer:
-        """A trainer for an `edgetune.bundle.Bundle`, from its manifest alone.
+                   lr: float | None = None, threads: int | None = None,
+                   sessions: Mapping[str, ort.InferenceSession] | None = None) -> GraphTrainer:
+        """The one way to make a trainer: for an `edgetune.bundle.Bundle` (or the
+        converter's `TrainingGraphs.as_bundle()`), from its manifest alone.
 
         values: train-graph input name -> value (default: the bundle's initial
-        parameters and zero optimizer state). lr defaults to the manifest's.
+        parameters and zero optimizer state). lr defaults to the manifest's. sessions:
+        already-made sessions by role (`train`, `train_epoch`) to reuse.
         """
         specs = bundle.params + bundle.state
         if values is None:
-            initial = bundle.initial_values()
-            values = {p["train_input"]: initial[p["name"]] for p in bundle.params}
-            by_name = {p["name"]: p["train_input"] for p in bundle.params}
-            values.update({s["train_input"]: np.zeros_like(values[by_name[s["param"]]])
-                           for s in bundle.state})
-        epoch = bundle.graph("train_epoch") if bundle.has_graph("train_epoch") else None
-        return cls(bundle.graph("train"), values, None,
-                   {s["train_input"]: s["train_output"] for s in specs}, epoch=epoch,
-                   lr=bundle.manifest.get("optimizer", {}).get("lr", 0.01) if lr is None else lr,
-                   threads=threads)
+            values = initial_train_values(bundle)
+        sessions = dict(sessions or {})
+        train = sessions.get("train") or bundle.graph("train")
+        epoch = sessions.get("train_epoch") or (
+            bundle.graph("train_epoch") if bundle.has_graph("train_epoch") else None)
+        if lr is None:
+            optimizer = bundle.manifest.get("optimizer")
+            lr = optimizer.get("lr", 0.01) if isinstance(optimizer, dict) else 0.01
+        return cls(train, values, None, {s["train_input"]: s["train_output"] for s in specs},
+                   epoch=epoch, lr=lr, threads=threads)
 
     @property
     def has_epoch_graph(self) -> bool:

@@ -13,7 +13,7 @@ Defaults:
 
 - bundle: the profile's own copy if it has one, else the default bundle
   (EfficientNet-Lite0 + softmax head, Adam 1e-3), built once with
-  :func:`edgetune.build.convert.convert` into ``default_cache_dir()/default-2.edgetune``
+  :func:`edgetune.converter.convert.convert` into ``default_cache_dir()/default-2.edgetune``
   (``$EDGETUNE_CACHE``, else ``$XDG_CACHE_HOME/edgetune``, else ``~/.cache/edgetune``).
   Building needs the ``build`` extra; a device with only a bundle does not.
 - profile: ``$EDGETUNE_PROFILE``, else ``$XDG_DATA_HOME/edgetune/profile``, else
@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgetune.runtime.errors import EdgetuneError
+from edgetune.errors import EdgetuneError
 
 __all__ = [
     "DEFAULT_HOST",
@@ -66,7 +66,7 @@ def default_profile() -> Path:
 def default_bundle(cache_dir: str | os.PathLike | None = None, *, log=None) -> Path:
     """The default bundle (EfficientNet-Lite0 + softmax head, Adam lr 1e-3), built into
     the cache the first time (a few seconds; needs the ``build`` extra)."""
-    from edgetune.build.bases import default_cache_dir
+    from edgetune.converter.bases import default_cache_dir
 
     path = default_cache_dir(cache_dir) / DEFAULT_BUNDLE_NAME
     if (path / "manifest.json").is_file():
@@ -74,7 +74,7 @@ def default_bundle(cache_dir: str | os.PathLike | None = None, *, log=None) -> P
     if log:
         log(f"building the default bundle (EfficientNet-Lite0 + softmax head) into {path} ...")
     try:
-        from edgetune.build.convert import convert
+        from edgetune.converter.convert import convert
     except ImportError as e:  # a device without the build extra
         raise EdgetuneError(f"no bundle given and the default bundle {path} is not built yet; "
                             f"building it needs the build extra (pip install "

@@ -71,8 +71,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from edgetune.runtime.errors import BadInputError, EdgetuneError
-from edgetune.runtime.images import load_image
+from edgetune.errors import BadInputError, EdgetuneError
+from edgetune.inputs.image import load_image
 from edgetune.runtime.personalizer import Personalizer
 
 log = logging.getLogger("edgetune.server")

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from safetensors.numpy import save as save_safetensors
 
 from edgetune.autodiff import GraphBuilder, Var, gradients
-from edgetune.build.heads import CLASSES
-from edgetune.build.losses import Loss
-from edgetune.build.optimizers import Optimizer
+from edgetune.bundle import Bundle
+from edgetune.converter.heads import CLASSES
+from edgetune.converter.losses import Loss
+from edgetune.converter.optimizers import Optimizer
 
 BATCH = "N"
 BATCHES = "batches"  # mini-batches per epoch-graph call
@@ -55,22 +57,41 @@ class TrainingGraphs:
     l2: float = 0.0
     roles: dict = field(default_factory=dict)  # graph -> {"inputs": {...}, "outputs": {...}}
 
-    def trainer(self, lr: float | None = None, threads: int | None = None,
-                params: Mapping[str, np.ndarray] | None = None):
-        """A runtime GraphTrainer for these graphs: the initial parameters (or `params`,
-        by parameter name) and zero optimizer state."""
-        from edgetune.runtime.trainer import GraphTrainer
+    def manifest_sections(self) -> dict:
+        """The manifest's `graphs` (train, train_epoch, infer), `params`, `state`,
+        `init`, `loss`, `optimizer` and `l2` for these graphs (hashes filled on save)."""
+        param_of = {f"{p.name}.{slot}": (p.name, slot) for p in self.params
+                    for slot in self.optimizer.slots}
+        return {
+            "graphs": {role: {"file": f"{role}.onnx", "sha256": "0" * 64, **self.roles[role]}
+                       for role in ("train", "train_epoch", "infer")},
+            "params": [{"name": p.name, "shape": p.shape, "dtype": "float32",
+                        "train_input": p.train_input, "train_output": p.train_output,
+                        "infer_input": p.infer_input} for p in self.params],
+            "state": [{"name": s.name, "param": param_of[s.name][0],
+                       "slot": param_of[s.name][1], "shape": s.shape, "dtype": "float32",
+                       "init": "zeros", "train_input": s.train_input,
+                       "train_output": s.train_output} for s in self.state],
+            "init": {"file": "params.safetensors", "sha256": "0" * 64},
+            "loss": self.loss.config(),
+            "optimizer": self.optimizer.config(),
+            "l2": self.l2,
+        }
 
-        source = self.initial if params is None else params
-        values = {p.train_input: np.asarray(source[p.name], np.float32) for p in self.params}
-        shapes = {p.name: values[p.train_input].shape for p in self.params}
-        # State specs are named "<param>.<slot>" and shaped like their parameter.
-        values.update({s.train_input: np.zeros(shapes[s.name.rsplit(".", 1)[0]], np.float32)
-                       for s in self.state})
-        return GraphTrainer(self.train.SerializeToString(), values, None,
-                            {s.train_input: s.train_output for s in self.params + self.state},
-                            epoch=self.train_epoch.SerializeToString(),
-                            lr=self.optimizer.lr if lr is None else lr, threads=threads)
+    def files(self, params: Mapping[str, np.ndarray] | None = None) -> dict[str, bytes]:
+        """The files of `manifest_sections()`: the three graphs and the initial values
+        (or `params`, by parameter name)."""
+        values = self.initial if params is None else {**self.initial, **params}
+        return {**{f"{role}.onnx": getattr(self, role).SerializeToString()
+                   for role in ("train", "train_epoch", "infer")},
+                "params.safetensors": save_safetensors(
+                    {k: np.ascontiguousarray(v, np.float32) for k, v in values.items()})}
+
+    def as_bundle(self, params: Mapping[str, np.ndarray] | None = None) -> Bundle:
+        """These graphs as an in-memory bundle without a base: what a runtime trainer
+        (`GraphTrainer.for_bundle`) reads, so graphs are trained exactly as bundles are."""
+        return Bundle({"features": {"shape": self.features_shape, "dtype": "float32"},
+                       **self.manifest_sections()}, self.files(params))
 
 
 def _frozen_head(head: onnx.ModelProto, trainable: Sequence[str]):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SOAK = Path(__file__).resolve().parents[1] / "bench" / "soak.py"
+SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
 _spec = importlib.util.spec_from_file_location("edgetune_soak", SOAK)
 soak = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(soak)

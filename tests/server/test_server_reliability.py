@@ -50,7 +50,7 @@ from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.server import default_bundle  # noqa: E402
 from edgetune.server.app import BackgroundServer, Limits, create_app  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("edgetune_server_load",
                                                ROOT / "bench" / "server_load.py")
 server_load = importlib.util.module_from_spec(_spec)

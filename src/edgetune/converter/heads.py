@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from edgetune.autodiff import GraphBuilder
-from edgetune.build.losses import Loss, MultiClassHinge, SoftmaxCrossEntropy
+from edgetune.converter.losses import Loss, MultiClassHinge, SoftmaxCrossEntropy
 
 CLASSES = "classes"
 

@@ -28,9 +28,9 @@ from onnx import external_data_helper, numpy_helper
 from test_bundle import tiny_base
 
 from edgetune import onnx_scan
-from edgetune.build.convert import convert
-from edgetune.build.heads import SoftmaxClassifier
-from edgetune.build.optimizers import Adam
+from edgetune.converter.convert import convert
+from edgetune.converter.heads import SoftmaxClassifier
+from edgetune.converter.optimizers import Adam
 from edgetune.bundle import MAX_ELEMENTS, Bundle, BundleError
 from edgetune.onnx_scan import ProtobufError, external_data_locations
 
@@ -504,7 +504,7 @@ def _drop_a_node_input(root: Path) -> None:
                                   "no optimizer.lr"])
 def test_an_inconsistent_resigned_bundle_is_an_edgetune_error_in_the_personalizer(
         pristine, tmp_path, case):
-    from edgetune.runtime.errors import EdgetuneError
+    from edgetune.errors import EdgetuneError
     from edgetune.runtime.personalizer import Personalizer
 
     root = shutil.copytree(pristine, tmp_path / "b.edgetune")

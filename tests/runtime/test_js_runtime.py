@@ -26,11 +26,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.numpy import load_file, save
 
-from edgetune.build.convert import convert
+from edgetune.converter.convert import convert
 from edgetune.bundle import Bundle
 from edgetune.runtime.trainer import GraphTrainer, make_session
 
-JS_DIR = Path(__file__).parent / "js"
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SCRIPT = JS_DIR / "train_bundle.mjs"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # one class each
 PER_CLASS = 8

@@ -1,7 +1,7 @@
 """The runtime's import rule: no build-time framework is ever imported on the device.
 
 Nothing under ``edgetune.runtime`` (nor what it imports) may import torch, tensorflow,
-onnx, onnxscript or onnx_ir; it may not import ``edgetune.build`` or
+onnx, onnxscript or onnx_ir; it may not import ``edgetune.converter`` or
 ``edgetune.autodiff`` either.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import edgetune.runtime
 
 FORBIDDEN = ("torch", "tensorflow", "onnx", "onnxscript", "onnx_ir")
-FORBIDDEN_EDGETUNE = ("edgetune.build", "edgetune.autodiff")
+FORBIDDEN_EDGETUNE = ("edgetune.converter", "edgetune.autodiff")
 RUNTIME_DIR = Path(edgetune.runtime.__file__).parent
 
 
@@ -31,7 +31,7 @@ def test_importing_the_runtime_loads_no_build_framework():
     code = (
         "import json, sys\n"
         "import edgetune.runtime\n"
-        "import edgetune.runtime.images, edgetune.runtime.store\n"
+        "import edgetune.inputs.image, edgetune.runtime.store\n"
         "import edgetune.runtime.checkpoint, edgetune.runtime.prototypes\n"
         "import edgetune.runtime.personalizer, edgetune.runtime.export, edgetune.bundle\n"
         "import edgetune.runtime.trainer, edgetune.onnx_scan, edgetune.cli\n"
@@ -95,9 +95,9 @@ def test_runtime_sources_import_nothing_forbidden():
 def test_the_scanner_catches_forbidden_imports():
     # Guard against a scanner that silently finds nothing.
     source = (
-        "import onnx\nfrom torch import nn\nimport numpy\nfrom ..build import convert\n"
+        "import onnx\nfrom torch import nn\nimport numpy\nfrom ..converter import convert\n"
         "from . import images\n__import__('tensorflow')\nimport onnx_ir as ir\n"
     )
     found = [m for _, m in _imports_of(source, "edgetune.runtime") if _forbidden(m)]
-    assert {"onnx", "torch", "tensorflow", "onnx_ir", "edgetune.build"} <= set(found)
+    assert {"onnx", "torch", "tensorflow", "onnx_ir", "edgetune.converter"} <= set(found)
     assert not any(m.startswith(("numpy", "edgetune.runtime")) for m in found)

@@ -14,9 +14,9 @@ import pytest
 from conftest import bundle_trainer
 from onnx import external_data_helper, helper
 
-from edgetune.build.convert import convert
-from edgetune.build.heads import SoftmaxClassifier
-from edgetune.build.optimizers import Momentum
+from edgetune.converter.convert import convert
+from edgetune.converter.heads import SoftmaxClassifier
+from edgetune.converter.optimizers import Momentum
 from edgetune.bundle import Bundle, BundleError
 
 

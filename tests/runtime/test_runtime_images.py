@@ -1,4 +1,4 @@
-"""edgetune.runtime.images on real photos (scikit-image's bundled images) and real files."""
+"""edgetune.inputs.image on real photos (scikit-image's bundled images) and real files."""
 
 from __future__ import annotations
 

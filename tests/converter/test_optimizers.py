@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from conftest import trainer_for
 
-from edgetune.build.heads import MLP, SoftmaxClassifier
-from edgetune.build.losses import (
+from edgetune.converter.heads import MLP, SoftmaxClassifier
+from edgetune.converter.losses import (
     BinaryCrossEntropyWithLogits,
     MeanSquaredError,
     MultiClassHinge,
     SoftmaxCrossEntropy,
 )
-from edgetune.build.optimizers import SGD, Adam, AdamW, Momentum
-from edgetune.build.train_graph import build_training_graphs
+from edgetune.converter.optimizers import SGD, Adam, AdamW, Momentum
+from edgetune.converter.train_graph import build_training_graphs
 
 OPTIMIZERS = [
     ("sgd", SGD(lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),

@@ -12,9 +12,9 @@ import pytest
 from conftest import bundle_trainer
 
 from edgetune.autodiff import GraphBuilder
-from edgetune.build.convert import Trainable, convert
-from edgetune.build.heads import MLP, SoftmaxClassifier
-from edgetune.build.optimizers import Adam
+from edgetune.converter.convert import Trainable, convert
+from edgetune.converter.heads import MLP, SoftmaxClassifier
+from edgetune.converter.optimizers import Adam
 from edgetune.bundle import Bundle
 from edgetune.cli import main as cli
 
@@ -154,7 +154,7 @@ def test_cli_convert_then_inspect(edgetune_cache, tmp_path, capsys, monkeypatch)
 
 
 def test_cli_reports_a_missing_cut_with_candidates(tmp_path, capsys, edgetune_cache):
-    from edgetune.build.bases import efficientnet_lite0
+    from edgetune.converter.bases import efficientnet_lite0
 
     base = efficientnet_lite0(edgetune_cache)
     assert cli(["convert", "--base", str(base), "--cut", "blocks.99", "-o",

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from edgetune.build import bases
+from edgetune.converter import bases
 
 ESPRESSO = 967  # ImageNet class index
 

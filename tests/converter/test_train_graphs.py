@@ -10,10 +10,10 @@ import pytest
 from conftest import trainer_for
 
 from edgetune.autodiff import GraphBuilder
-from edgetune.build.heads import MLP, LinearSVM, SoftmaxClassifier
-from edgetune.build.losses import SoftmaxCrossEntropy
-from edgetune.build.optimizers import SGD, Adam, AdamW, Momentum
-from edgetune.build.train_graph import build_training_graphs
+from edgetune.converter.heads import MLP, LinearSVM, SoftmaxClassifier
+from edgetune.converter.losses import SoftmaxCrossEntropy
+from edgetune.converter.optimizers import SGD, Adam, AdamW, Momentum
+from edgetune.converter.train_graph import build_training_graphs
 from edgetune.runtime.trainer import GraphTrainer
 
 

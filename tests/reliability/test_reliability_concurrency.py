@@ -16,9 +16,9 @@ import pytest
 from conftest import photo_crops
 from test_bundle import tiny_base
 
-from edgetune.build.convert import convert
-from edgetune.build.heads import SoftmaxClassifier
-from edgetune.build.optimizers import Adam
+from edgetune.converter.convert import convert
+from edgetune.converter.heads import SoftmaxClassifier
+from edgetune.converter.optimizers import Adam
 from edgetune.runtime.checkpoint import load_checkpoint
 from edgetune.runtime.personalizer import Personalizer
 

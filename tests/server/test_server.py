@@ -30,7 +30,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from edgetune.cli import main  # noqa: E402
-from edgetune.runtime.errors import EdgetuneError  # noqa: E402
+from edgetune.errors import EdgetuneError  # noqa: E402
 from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.server import check_bind, default_bundle, is_loopback  # noqa: E402
 from edgetune.server.app import BackgroundServer, Limits, create_app  # noqa: E402

@@ -22,9 +22,9 @@ import pytest
 from test_bundle import tiny_base
 
 import edgetune
-from edgetune.build.convert import convert
-from edgetune.build.heads import SoftmaxClassifier
-from edgetune.build.optimizers import Adam
+from edgetune.converter.convert import convert
+from edgetune.converter.heads import SoftmaxClassifier
+from edgetune.converter.optimizers import Adam
 from edgetune.bundle import Bundle, BundleError
 from edgetune.runtime import (
     CheckpointDir,

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetune.build.convert import convert
+from edgetune.converter.convert import convert
 from edgetune.cli import main as cli
-from edgetune.runtime.errors import (
+from edgetune.errors import (
     BadInputError,
     CorruptCheckpointError,
     IncompatibleCheckpointError,
@@ -254,7 +254,7 @@ def test_export_runs_with_onnxruntime_alone(person, photos, tmp_path):
     person.fit(epochs=5)
     path = person.export(tmp_path / "personal.onnx")
     probe = tmp_path / "image.npy"
-    from edgetune.runtime.images import prepare
+    from edgetune.inputs.image import prepare
 
     np.save(probe, prepare(images[3], (224, 224))[None])
     code = (

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import BadInputError
+from edgetune.errors import BadInputError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

@@ -1,4 +1,4 @@
-"""Exceptions raised by the edgetune runtime.
+"""The error family of edgetune, shared by the converter, the bundle format and the runtime.
 
 Every error the runtime raises on purpose derives from :class:`EdgetuneError`, so
 an application can catch them all in one place::
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadInputError",
+    "BundleError",
     "CorruptCheckpointError",
     "EdgetuneError",
     "IncompatibleCheckpointError",
@@ -28,6 +29,10 @@ class BadInputError(EdgetuneError, ValueError):
 
     Also a :class:`ValueError`, so code that already catches ``ValueError`` keeps working.
     """
+
+
+class BundleError(EdgetuneError, ValueError):
+    """A bundle is malformed, tampered with, or from a newer edgetune."""
 
 
 class CorruptCheckpointError(EdgetuneError):

@@ -17,9 +17,9 @@ from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
 from test_bundle import tiny_base
 
-from edgetune.build.convert import convert
-from edgetune.build.heads import SoftmaxClassifier
-from edgetune.build.optimizers import SGD, Adam, Momentum
+from edgetune.converter.convert import convert
+from edgetune.converter.heads import SoftmaxClassifier
+from edgetune.converter.optimizers import SGD, Adam, Momentum
 from edgetune.runtime import BadInputError, EdgetuneError, SampleStore
 from edgetune.runtime.personalizer import Personalizer
 

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_bundle import tiny_base
 
-from edgetune.build.convert import convert
-from edgetune.build.heads import SoftmaxClassifier
-from edgetune.build.optimizers import Adam
+from edgetune.converter.convert import convert
+from edgetune.converter.heads import SoftmaxClassifier
+from edgetune.converter.optimizers import Adam
 from edgetune.runtime import BadInputError, load_image, prepare
 from edgetune.runtime.personalizer import Personalizer
 

@@ -9,10 +9,10 @@ import pytest
 from conftest import trainer_for
 
 from edgetune.autodiff import GraphBuilder
-from edgetune.build.losses import SoftmaxCrossEntropy
-from edgetune.build.optimizers import SGD, Adam
-from edgetune.build.rewrite import pointwise_head_as_gemm
-from edgetune.build.train_graph import build_training_graphs
+from edgetune.converter.losses import SoftmaxCrossEntropy
+from edgetune.converter.optimizers import SGD, Adam
+from edgetune.converter.rewrite import pointwise_head_as_gemm
+from edgetune.converter.train_graph import build_training_graphs
 
 TRAINED = ["conv.weight", "conv.bias", "fc.weight", "fc.bias"]
 

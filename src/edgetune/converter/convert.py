@@ -22,16 +22,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx.utils import Extractor
-from safetensors.numpy import save as save_safetensors
 
 from edgetune import __version__
 from edgetune.autodiff import OPSET, GraphBuilder
-from edgetune.build import bases
-from edgetune.build.heads import MLP, Head, LinearSVM, SoftmaxClassifier
-from edgetune.build.losses import Loss
-from edgetune.build.optimizers import OPTIMIZERS, Optimizer
-from edgetune.build.rewrite import pointwise_head_as_gemm
-from edgetune.build.train_graph import TrainingGraphs, build_training_graphs
+from edgetune.converter import bases
+from edgetune.converter.heads import MLP, Head, LinearSVM, SoftmaxClassifier
+from edgetune.converter.losses import Loss
+from edgetune.converter.optimizers import OPTIMIZERS, Optimizer
+from edgetune.converter.rewrite import pointwise_head_as_gemm
+from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
 from edgetune.bundle import Bundle
 
 ZOO = {"efficientnet-lite0": bases.efficientnet_lite0}
@@ -238,12 +237,10 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
                     SoftmaxClassifier().default_loss())
     graphs = build_training_graphs(composite, loss, optimizer, trainable=trained, l2=l2,
                                    param_shapes=param_shapes)
+    for model in (graphs.train, graphs.train_epoch, graphs.infer):
+        onnx.checker.check_model(model, full_check=True)
     files = {"base.onnx": _serialize(_base_with_features_output(base_model, cut_name)),
-             "train.onnx": _serialize(graphs.train),
-             "train_epoch.onnx": _serialize(graphs.train_epoch),
-             "infer.onnx": _serialize(graphs.infer),
-             "params.safetensors": save_safetensors({k: np.ascontiguousarray(v)
-                                                     for k, v in graphs.initial.items()})}
+             **graphs.files()}
     manifest = _manifest(base_model, base_name, image_name, cut_shape, graphs, mode, head,
                          classes)
     if quantize is not None:
@@ -271,12 +268,7 @@ def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGrap
     elem = onnx.helper.tensor_dtype_to_np_dtype(image.type.tensor_type.elem_type).name
     shape = [d if isinstance(d, int) else None for d in _dims(image)]
     is_image = elem == "uint8" and len(shape) == 4 and shape[-1] == 3
-    param_of = {f"{p.name}.{slot}": (p.name, slot) for p in graphs.params
-                for slot in graphs.optimizer.slots}
-
-    def graph_entry(file, role):
-        return {"file": file, "sha256": "0" * 64, **graphs.roles[role]}
-
+    sections = graphs.manifest_sections()
     initial_classes = next((v.shape[d] for p in graphs.params for d, dim in enumerate(p.shape)
                             if dim == "classes" for v in [graphs.initial[p.name]]), classes)
     return {
@@ -290,25 +282,13 @@ def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGrap
         "graphs": {
             "base": {"file": "base.onnx", "sha256": "0" * 64, "inputs": {"image": image_name},
                      "outputs": {"features": "features"}},
-            "train": graph_entry("train.onnx", "train"),
-            "train_epoch": graph_entry("train_epoch.onnx", "train_epoch"),
-            "infer": graph_entry("infer.onnx", "infer"),
+            **sections.pop("graphs"),
         },
-        "params": [{"name": p.name, "shape": p.shape, "dtype": "float32",
-                    "train_input": p.train_input, "train_output": p.train_output,
-                    "infer_input": p.infer_input} for p in graphs.params],
-        "state": [{"name": s.name, "param": param_of[s.name][0], "slot": param_of[s.name][1],
-                   "shape": s.shape, "dtype": "float32", "init": "zeros",
-                   "train_input": s.train_input, "train_output": s.train_output}
-                  for s in graphs.state],
-        "init": {"file": "params.safetensors", "sha256": "0" * 64},
+        **sections,
         "classes": {"dimension": "classes", "initial": initial_classes},
         "base": base_name,
         "head": head.config() if isinstance(head, Head) else {"name": "onnx",
                                                                "file": Path(head).name},
-        "loss": graphs.loss.config(),
-        "optimizer": graphs.optimizer.config(),
-        "l2": graphs.l2,
         "trainable": {"mode": mode.mode, "blocks": mode.blocks,
                       "params": [p.name for p in graphs.params]},
     }
