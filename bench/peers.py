@@ -156,12 +156,12 @@ def prepare(tmp: Path, args) -> dict:
     from conftest import photo_crops
     from PIL import Image
 
+    from edgetune.bundle import Bundle
     from edgetune.converter.convert import convert
     from edgetune.converter.heads import SoftmaxClassifier
     from edgetune.converter.losses import SoftmaxCrossEntropy
     from edgetune.converter.optimizers import SGD, Adam
     from edgetune.converter.train_graph import build_training_graphs
-    from edgetune.bundle import Bundle
 
     rng = np.random.default_rng(0)
     data = tmp / "data"

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 
+from edgetune.errors import BundleError
 from edgetune.onnx_scan import ProtobufError, external_data_locations, fields
-from edgetune.errors import BundleError, EdgetuneError
 
 FORMAT = "edgetune.bundle"
 VERSION = 1

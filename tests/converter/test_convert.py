@@ -12,11 +12,11 @@ import pytest
 from conftest import bundle_trainer
 
 from edgetune.autodiff import GraphBuilder
+from edgetune.bundle import Bundle
+from edgetune.cli import main as cli
 from edgetune.converter.convert import Trainable, convert
 from edgetune.converter.heads import MLP, SoftmaxClassifier
 from edgetune.converter.optimizers import Adam
-from edgetune.bundle import Bundle
-from edgetune.cli import main as cli
 
 
 def _features(bundle: Bundle, images: np.ndarray) -> np.ndarray:

@@ -28,10 +28,10 @@ from onnx import external_data_helper, numpy_helper
 from test_bundle import tiny_base
 
 from edgetune import onnx_scan
+from edgetune.bundle import MAX_ELEMENTS, Bundle, BundleError
 from edgetune.converter.convert import convert
 from edgetune.converter.heads import SoftmaxClassifier
 from edgetune.converter.optimizers import Adam
-from edgetune.bundle import MAX_ELEMENTS, Bundle, BundleError
 from edgetune.onnx_scan import ProtobufError, external_data_locations
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,

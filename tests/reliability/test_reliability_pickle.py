@@ -22,10 +22,10 @@ import pytest
 from test_bundle import tiny_base
 
 import edgetune
+from edgetune.bundle import Bundle, BundleError
 from edgetune.converter.convert import convert
 from edgetune.converter.heads import SoftmaxClassifier
 from edgetune.converter.optimizers import Adam
-from edgetune.bundle import Bundle, BundleError
 from edgetune.runtime import (
     CheckpointDir,
     CorruptCheckpointError,

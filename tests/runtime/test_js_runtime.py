@@ -26,8 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from safetensors.numpy import load_file, save
 
-from edgetune.converter.convert import convert
 from edgetune.bundle import Bundle
+from edgetune.converter.convert import convert
 from edgetune.runtime.trainer import GraphTrainer, make_session
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetune.converter.convert import convert
 from edgetune.cli import main as cli
+from edgetune.converter.convert import convert
 from edgetune.errors import (
     BadInputError,
     CorruptCheckpointError,

@@ -14,10 +14,10 @@ import pytest
 from conftest import bundle_trainer
 from onnx import external_data_helper, helper
 
+from edgetune.bundle import Bundle, BundleError
 from edgetune.converter.convert import convert
 from edgetune.converter.heads import SoftmaxClassifier
 from edgetune.converter.optimizers import Momentum
-from edgetune.bundle import Bundle, BundleError
 
 
 def tiny_base(path, size=16, features=8):

@@ -25,13 +25,13 @@ from onnx.utils import Extractor
 
 from edgetune import __version__
 from edgetune.autodiff import OPSET, GraphBuilder
+from edgetune.bundle import Bundle
 from edgetune.converter import bases
 from edgetune.converter.heads import MLP, Head, LinearSVM, SoftmaxClassifier
 from edgetune.converter.losses import Loss
 from edgetune.converter.optimizers import OPTIMIZERS, Optimizer
 from edgetune.converter.rewrite import pointwise_head_as_gemm
 from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
-from edgetune.bundle import Bundle
 
 ZOO = {"efficientnet-lite0": bases.efficientnet_lite0}
 

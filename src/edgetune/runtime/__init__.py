@@ -15,7 +15,6 @@ Modules: :mod:`.errors`, :mod:`.images`, :mod:`.store`, :mod:`.checkpoint`,
 :mod:`.prototypes`. The ``Personalizer`` that combines them is added separately.
 """
 
-from .checkpoint import Checkpoint, CheckpointDir, load_checkpoint, save_checkpoint
 from edgetune.errors import (
     BadInputError,
     CorruptCheckpointError,
@@ -23,6 +22,8 @@ from edgetune.errors import (
     IncompatibleCheckpointError,
 )
 from edgetune.inputs.image import list_image_folder, load_image, prepare, prepare_batch
+
+from .checkpoint import Checkpoint, CheckpointDir, load_checkpoint, save_checkpoint
 from .prototypes import PrototypeClassifier, imprint_weights
 from .store import SampleInfo, SampleStore
 

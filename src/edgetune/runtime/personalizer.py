@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.bundle import Bundle, BundleError, sha256
-from edgetune.runtime.checkpoint import CheckpointDir
 from edgetune.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
 from edgetune.inputs.image import list_image_folder, prepare
+from edgetune.runtime.checkpoint import CheckpointDir
 from edgetune.runtime.prototypes import PrototypeClassifier, imprint_weights
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, make_session
