@@ -70,7 +70,7 @@ _SOURCE = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")  # op:row:rows:crc32
 def build_bundle(path: Path) -> Path:
     """A tiny image bundle (16x16 RGB -> 8 features -> softmax, Adam): fast to run."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_bundle import tiny_base
+    from conftest import tiny_base
 
     from edgetune.converter.convert import convert
     from edgetune.converter.heads import SoftmaxClassifier

@@ -68,3 +68,33 @@ def edgetune_cache(tmp_path_factory):
 def bundle_trainer(bundle, lr=None, threads=1):
     """A GraphTrainer for a loaded or built Bundle, from its manifest alone."""
     return GraphTrainer.for_bundle(bundle, lr=lr, threads=threads)
+
+
+def tiny_base(path, size=16, features=8):
+    """A small image base: uint8 NHWC -> (x - 127) / 128 -> Conv -> pool -> [N, F]."""
+    import onnx
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", onnx.TensorProto.FLOAT, [features, 3, 3, 3],
+                           rng.standard_normal(features * 27).astype(np.float32) * 0.3)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Sub", ["f", "c127"], ["centered"]),
+        helper.make_node("Div", ["centered", "c128"], ["scaled"]),
+        helper.make_node("Transpose", ["scaled"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["act"]),
+        helper.make_node("GlobalAveragePool", ["act"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["emb"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("image", onnx.TensorProto.UINT8,
+                                                      ["N", size, size, 3])],
+        [helper.make_tensor_value_info("emb", onnx.TensorProto.FLOAT, ["N", features])],
+        [w, helper.make_tensor("c127", onnx.TensorProto.FLOAT, [], [127.0]),
+         helper.make_tensor("c128", onnx.TensorProto.FLOAT, [], [128.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import tiny_base
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import external_data_helper, numpy_helper
-from test_bundle import tiny_base
 
 from edgetune import onnx_scan
 from edgetune.bundle import MAX_ELEMENTS, Bundle, BundleError

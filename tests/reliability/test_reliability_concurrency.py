@@ -13,8 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import photo_crops
-from test_bundle import tiny_base
+from conftest import photo_crops, tiny_base
 
 from edgetune.converter.convert import convert
 from edgetune.converter.heads import SoftmaxClassifier

@@ -15,10 +15,10 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import tiny_base
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_bundle import tiny_base
 
 from edgetune.converter.convert import convert
 from edgetune.converter.heads import SoftmaxClassifier

@@ -11,11 +11,11 @@ import warnings
 import numpy as np
 import onnx
 import pytest
+from conftest import tiny_base
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
-from test_bundle import tiny_base
 
 from edgetune.converter.convert import convert
 from edgetune.converter.heads import SoftmaxClassifier

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bundle import tiny_base
+from conftest import tiny_base
 
 import edgetune
 from edgetune.bundle import Bundle, BundleError
