@@ -17,6 +17,7 @@ __all__ = [
     "CorruptCheckpointError",
     "EdgetuneError",
     "IncompatibleCheckpointError",
+    "ProfileLockedError",
 ]
 
 
@@ -42,3 +43,7 @@ class CorruptCheckpointError(EdgetuneError):
 class IncompatibleCheckpointError(EdgetuneError):
     """A checkpoint is intact but does not fit: missing or extra tensors, other shapes or
     dtypes than expected, or a format version this runtime does not read."""
+
+
+class ProfileLockedError(EdgetuneError):
+    """Another process writes to this profile; the message names its PID and what to do."""
