@@ -225,7 +225,7 @@ def verify(root: Path) -> tuple[str | None, bool, list[str]]:
     begun, ended, interrupted, in_flight, cleared = _journal(root)
     kind = begun[in_flight][0] if in_flight is not None else None
     # A temporary checkpoint file left behind: killed between its creation and rename.
-    mid_write = any(d.is_dir() and any(d.glob(".ckpt-*.tmp-*"))
+    mid_write = any(d.is_dir() and any(d.glob(".ckpt-*.tmp*"))
                     for d in (root / "profile" / "checkpoints", root / "bulk"))
     try:
         problems = _verify(root, begun, ended, interrupted, cleared)

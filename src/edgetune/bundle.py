@@ -27,6 +27,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from edgetune.errors import BundleError
+from edgetune.files import fsync_dir
 from edgetune.onnx_scan import ProtobufError, external_data_locations, fields
 
 FORMAT = "edgetune.bundle"
@@ -358,7 +359,7 @@ class Bundle:
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(target, old)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException:
@@ -383,14 +384,6 @@ class Bundle:
 
 def _identity(st: os.stat_result) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _count_nodes(model: bytes) -> int:

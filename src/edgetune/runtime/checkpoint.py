@@ -6,9 +6,9 @@ A checkpoint is a safetensors file whose metadata carries a format tag
 each tensor in name order, its name, dtype, shape and little-endian bytes. So a
 flipped bit anywhere — data, shapes, dtypes, metadata — is detected on load.
 
-Writes are atomic: the file is written under a temporary name in the same folder,
-flushed and fsynced, renamed over the target with :func:`os.replace`, and the folder
-is fsynced; a crash leaves either the old file or the new one, never half of one::
+Writes are atomic (:func:`edgetune.files.atomic_write`): the file is written under a
+temporary name in the same folder, flushed and fsynced, renamed over the target, and
+the folder is fsynced; a crash leaves either the old file or the new one, never half of one::
 
     save_checkpoint("me/ckpt.safetensors", {"W": W, "b": b}, {"step": "120"})
     tensors, meta = load_checkpoint("me/ckpt.safetensors",
@@ -27,7 +27,6 @@ import os
 import re
 import struct
 import threading
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import safetensors.numpy as st_numpy
 from safetensors import SafetensorError
 
 from edgetune.errors import BadInputError, CorruptCheckpointError, IncompatibleCheckpointError
+from edgetune.files import atomic_write, fsync_dir
 
 __all__ = [
     "FORMAT",
@@ -214,7 +214,7 @@ class CheckpointDir:
                     kept += 1
                     continue
                 old.unlink(missing_ok=True)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             return path
 
     def latest(self, expected: Expected | None = None) -> Checkpoint | None:
@@ -246,7 +246,8 @@ class CheckpointDir:
         return None
 
     def _remove_stale_temp_files(self) -> None:
-        for p in self.directory.glob(".ckpt-*.tmp-*"):
+        # `.ckpt-N.safetensors.XXXX.tmp` (edgetune.files) and older `.tmp-PID-XXXX` names
+        for p in self.directory.glob(".ckpt-*.tmp*"):
             p.unlink(missing_ok=True)
 
 
@@ -398,31 +399,9 @@ def _check_expected(arrays: Mapping[str, np.ndarray], expected: Expected, where:
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
+    """The one place checkpoints are written (a seam: bench/soak.py swaps it for an
+    in-place write, its negative control)."""
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise BadInputError(f"cannot write {path}: folder {directory} does not exist")
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, payload)
