@@ -2,35 +2,66 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+SYSTEM_STAMP := $(VENV)/.installed-system
+# What the tests need from the system: real data (Fashion-MNIST), the browser for the
+# page's end-to-end tests, Node.js for the JavaScript runtime test.
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium nodejs npm
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[build,dev,serve,cli]'
-	touch $(STAMP)
+	$(PY) -m pip install --progress-bar on --upgrade pip
+
+# Running needs the runtime, the converter (the default bundle is built on first
+# start) and the web app; not the test tools.
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli]'
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,dev]'
+	touch $@ $(RUN_STAMP)
+
+# System packages: installed with apt-get when run as root, else the exact command is
+# printed and the target fails, so a test never fails or skips for want of them.
+system: $(SYSTEM_STAMP)
+$(SYSTEM_STAMP): | $(VENV)/bin/python
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "the tests need these system packages:$$missing"; \
+	    echo "install them with: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+	touch $@
 
 # onnxruntime-node for the JavaScript bundle test; --ignore-scripts because its install
 # script downloads extra binaries (it fails offline, and the CPU build is in the package).
 JS_STAMP := tests/js/node_modules/.package-lock.json
-$(JS_STAMP): tests/js/package-lock.json
+$(JS_STAMP): tests/js/package-lock.json | $(SYSTEM_STAMP)
 	npm ci --ignore-scripts --no-audit --no-fund --prefix tests/js
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) -m edgetune.server
 
-test: $(STAMP) $(JS_STAMP)
+test: $(TEST_STAMP) $(SYSTEM_STAMP) $(JS_STAMP)
 	$(PY) -m ruff check src tests bench
-	$(PY) -m pytest
+	EDGETUNE_REQUIRE_ALL=1 $(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check src tests bench
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/step_floor.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) tests/js/node_modules
