@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from edgetune import __version__, defaults
 from edgetune.errors import EdgetuneError
 
 COMMANDS: dict[str, Callable] = {}
@@ -42,7 +43,8 @@ def cmd_convert(args) -> int:
     from edgetune.converter.convert import convert
 
     bundle = convert(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
-                     weight_decay=args.weight_decay, classes=args.classes, cut=args.cut,
+                     loss=args.loss, weight_decay=args.weight_decay, classes=args.classes,
+                     cut=args.cut,
                      trainable=args.train, quantize=args.quantize, l2=args.l2)
     path = bundle.save(args.output, overwrite=args.force)
     info = bundle.describe()
@@ -113,7 +115,7 @@ def cmd_train(args) -> int:
     from edgetune.runtime.personalizer import Personalizer
 
     items = list_image_folder(args.data)
-    with Personalizer(args.bundle, profile=args.profile) as p:
+    with Personalizer(args.bundle, profile=args.profile, wait=args.wait) as p:
         seen = {s.source for s in p.store.samples() if s.source}
         new = [(path, label) for path, label in items if str(path.resolve()) not in seen]
         bar = _progress(args, len(new), "features")
@@ -125,9 +127,15 @@ def cmd_train(args) -> int:
                 _advance(bar)
         _finish(bar)
         bar = _progress(args, args.epochs, "training")
-        history = p.fit(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        callback=lambda r: _advance(bar) if "loss" in r and "event" not in r
-                        else None)
+        try:
+            history = p.fit(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            callback=lambda r: _advance(bar) if "loss" in r and "event" not in r
+                            else None)
+        except KeyboardInterrupt:  # keep the epochs that finished: they were accepted
+            _finish(bar)
+            if p.trained:
+                p.save()
+            raise
         _finish(bar)
         epochs = [r for r in history if "event" not in r]
         events = [r for r in history if "event" in r]
@@ -149,7 +157,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from edgetune.runtime.personalizer import Personalizer
 
-    with Personalizer(profile=args.profile) as p:
+    with Personalizer(profile=args.profile, read_only=True) as p:
         result = p.evaluate(args.data)
     lines = [f"accuracy {result['accuracy']:.3f} on {result['n']} images"]
     for name, entry in result["per_class"].items():
@@ -164,7 +172,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from edgetune.runtime.personalizer import Personalizer
 
-    with Personalizer(profile=args.profile) as p:
+    with Personalizer(profile=args.profile, read_only=True) as p:
         results = [{"path": path, **p.predict(path)} for path in args.images]
     lines = [f"{r['path']}: {r['label']} ({r['scores'][r['label']]:.3f})" for r in results]
     _print(args, [{k: r[k] for k in ("path", "label", "scores")} for r in results],
@@ -176,7 +184,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from edgetune.runtime.personalizer import Personalizer
 
-    with Personalizer(profile=args.profile) as p:
+    with Personalizer(profile=args.profile, read_only=True) as p:
         path = p.export(args.output)
         classes = p.classes()
     _print(args, {"path": str(path), "bytes": path.stat().st_size, "classes": classes},
@@ -192,12 +200,29 @@ def cmd_serve(args) -> int:
                  token=args.token or None)
 
 
+PROFILE_HELP = ("profile directory (default: $EDGETUNE_PROFILE, else "
+                "$XDG_DATA_HOME/edgetune/profile or ~/.local/share/edgetune/profile)")
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it has none or already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetune", description="Personalize neural networks "
                                      "on the device: build bundles, train, predict, export.")
+    parser.add_argument("--version", action="version", version=f"edgetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    def add(name, **kwargs):
+        return sub.add_parser(name, formatter_class=_DefaultsFormatter, **kwargs)
 
-    p = sub.add_parser("convert", help="build a bundle from a base and a head")
+    p = add("convert", help="build a bundle from a base and a head")
     p.add_argument("--base", default="efficientnet-lite0",
                    help="efficientnet-lite0 or MODEL.onnx (default: efficientnet-lite0)")
     p.add_argument("--cut", help="tensor of an ONNX base to use as features "
@@ -205,42 +230,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="softmax", help="softmax | mlp:HIDDEN | svm | HEAD.onnx")
     p.add_argument("--classes", type=int, default=2,
                    help="initial number of classes (more can be added later)")
-    p.add_argument("--optimizer", default="sgd", help="sgd | momentum | adam | adamw")
+    p.add_argument("--optimizer", default=defaults.OPTIMIZER,
+                   help="sgd | momentum | adam | adamw")
     p.add_argument("--lr", type=float, help="learning rate (default: the optimizer's)")
+    p.add_argument("--loss", help="the loss by name, e.g. cross-entropy or hinge (default: "
+                   "the head's own; an unknown name lists the choices)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--l2", type=float, default=0.0, help="L2 regularization in the loss")
-    p.add_argument("--train", default="head", help="head | last:K | bias:K")
+    p.add_argument("--train", "--trainable", dest="train", default="head",
+                   help="what trains: head | last:K | bias:K (the API's trainable=)")
     p.add_argument("--quantize", metavar="CALIB_DIR",
                    help="also write an int8 base calibrated on the images in CALIB_DIR")
     p.add_argument("-o", "--output", required=True, help="OUT.edgetune directory")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("inspect", help="show what a bundle holds and verify its hashes")
+    p = add("inspect", help="show what a bundle holds and verify its hashes")
     p.add_argument("bundle")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("train", help="add a folder of images to a profile and train")
+    p = add("train", help="add a folder of images to a profile and train")
     p.add_argument("bundle", help="the bundle (copied into the profile the first time)")
     p.add_argument("--data", required=True, help="DIR/<class>/<image> folders")
-    p.add_argument("--profile", required=True)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--profile", default=None, help=PROFILE_HELP)
+    p.add_argument("--epochs", type=int, default=defaults.EPOCHS,
+                   help="at most this many epochs (training stops early on a plateau)")
+    p.add_argument("--batch-size", type=int, help="samples per step (default: 32)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the bundle's)")
+    p.add_argument("--wait", nargs="?", type=float, const=True, default=False,
+                   metavar="SECONDS", help="if another process writes to the profile, wait "
+                   "for it (at most SECONDS) instead of failing")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("eval", help="accuracy of a profile on a folder of class folders")
-    p.add_argument("--profile", required=True)
+    p = add("eval", help="accuracy of a profile on a folder of class folders")
+    p.add_argument("--profile", default=None, help=PROFILE_HELP)
     p.add_argument("--data", required=True)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("predict", help="classify images with a profile")
-    p.add_argument("--profile", required=True)
+    p = add("predict", help="classify images with a profile")
+    p.add_argument("--profile", default=None, help=PROFILE_HELP)
     p.add_argument("images", nargs="+")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("export", help="write one standalone ONNX model")
-    p.add_argument("--profile", required=True)
+    p = add("export", help="write one standalone ONNX model")
+    p.add_argument("--profile", default=None, help=PROFILE_HELP)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--json", action="store_true")
 
@@ -262,8 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "profile") and args.command != "serve" and args.profile is None:
+        from edgetune.paths import default_profile
+
+        args.profile = default_profile()
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"edgetune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `edgetune predict ... | head`: the reader left; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (EdgetuneError, ValueError, FileNotFoundError) as e:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(e), "type": type(e).__name__}))
