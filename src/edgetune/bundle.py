@@ -28,6 +28,7 @@ from safetensors.numpy import load as load_safetensors
 
 from edgetune.errors import BundleError
 from edgetune.files import fsync_dir
+from edgetune.inputs import known_kinds, unknown_kind_message
 from edgetune.onnx_scan import ProtobufError, external_data_locations, fields
 
 FORMAT = "edgetune.bundle"
@@ -122,6 +123,10 @@ def validate_manifest(manifest) -> None:
                           f"reads (version {VERSION}); upgrade edgetune to use it")
     inp = manifest.get("input")
     _need(isinstance(inp, dict), "input", "must be an object")
+    if "kind" in inp:  # absent: an image bundle (edgetune.inputs.kind_of)
+        _check_str(inp, "kind", "input")
+        if inp["kind"] not in known_kinds():
+            raise BundleError(unknown_kind_message(inp["kind"]))
     _check_str(inp, "name", "input")
     _check_str(inp, "dtype", "input")
     _need(_numeric_dtype(inp["dtype"]), "input.dtype", "must name a numeric dtype, e.g. uint8")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,12 +38,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edgetune.errors import BadInputError
+from edgetune.inputs import Preparer, list_class_folder
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_SIZE",
     "IMAGE_EXTENSIONS",
     "ImageLike",
+    "ImagePreparer",
     "list_image_folder",
     "load_image",
     "prepare",
@@ -167,55 +168,57 @@ def list_image_folder(directory: str | os.PathLike) -> list[tuple[Path, str]]:
     >>> list_image_folder("photos")     # doctest: +SKIP
     [(PosixPath('photos/cup/1.jpg'), 'cup'), (PosixPath('photos/mug/1.jpg'), 'mug')]
     """
-    root = Path(directory)
-    layout = (
-        "expected a folder of class folders, one per class, each holding that class's "
-        f"images: {root}/<class>/<image>.jpg"
-    )
-    if not root.exists():
-        raise BadInputError(f"image folder {root} does not exist; {layout}")
-    if not root.is_dir():
-        raise BadInputError(f"{root} is not a folder; {layout}")
+    return list_class_folder(directory, IMAGE_EXTENSIONS, noun="image")
 
-    pairs: list[tuple[Path, str]] = []
-    n_classes = 0
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            warnings.warn(
-                f"skipping {entry}: files directly in {root} are ignored; put images in "
-                f"class folders ({root}/<class>/<image>)",
-                stacklevel=2,
+
+class ImagePreparer(Preparer):
+    """Kind ``image``: photos (arrays, PIL images, paths, bytes) -> uint8 RGB pixels,
+    ``[height, width, 3]``, fitted by :func:`prepare` to the base's ``input.shape``
+    ``[null, height, width, 3]``.
+
+    min_image_size: smaller images are refused. max_pixels: larger ones are refused
+    before decoding.
+    """
+
+    kind = "image"
+    suffixes = IMAGE_EXTENSIONS
+    noun = "image"
+
+    def __init__(self, spec, *, min_image_size: int = DEFAULT_MIN_SIZE,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **options):
+        super().__init__(spec, **options)
+        self.min_size = int(min_image_size)
+        self.max_pixels = int(max_pixels)
+        dims = self.shape
+        fixed = len(dims) == 3 and all(isinstance(d, int) and d > 0 for d in dims[:2])
+        #: (width, height) the images are fitted to, or None for a base without a fixed size
+        self.size: tuple[int, int] | None = (dims[1], dims[0]) if fixed else None
+
+    def _fit_size(self) -> tuple[int, int]:
+        if self.size is None:
+            raise BadInputError(
+                f"this bundle's image input {self.name!r} has shape {self.spec.get('shape')}; "
+                "images need a fixed [null, height, width, 3]: rebuild the bundle from a "
+                "base with a fixed input size"
             )
-            continue
-        n_classes += 1
-        found = 0
-        for file in sorted(entry.iterdir(), key=lambda p: p.name):
-            if file.name.startswith("."):
-                continue
-            if file.is_dir():
-                warnings.warn(
-                    f"skipping folder {file}: class folders are not searched recursively",
-                    stacklevel=2,
-                )
-                continue
-            if file.suffix.lower() not in IMAGE_EXTENSIONS:
-                warnings.warn(
-                    f"skipping {file}: not an image file (known extensions: "
-                    f"{', '.join(sorted(IMAGE_EXTENSIONS))})",
-                    stacklevel=2,
-                )
-                continue
-            pairs.append((file, entry.name))
-            found += 1
-        if found == 0:
-            warnings.warn(f"class folder {entry} holds no images; class skipped", stacklevel=2)
-    if n_classes == 0:
-        raise BadInputError(f"image folder {root} has no class folders; {layout}")
-    if not pairs:
-        raise BadInputError(f"image folder {root} has class folders but no images; {layout}")
-    return pairs
+        return self.size
+
+    def prepare(self, item: ImageLike) -> np.ndarray:
+        return prepare(item, self._fit_size(), min_size=self.min_size,
+                       max_pixels=self.max_pixels)
+
+    def batch(self, items: Sequence[ImageLike]) -> np.ndarray:
+        return prepare_batch(items, self._fit_size(), min_size=self.min_size,
+                             max_pixels=self.max_pixels)
+
+    def check(self, item: ImageLike) -> None:
+        load_image(item, min_size=self.min_size, max_pixels=self.max_pixels)
+
+    def list_folder(self, root: str | os.PathLike) -> list[tuple[Path, str]]:
+        return list_image_folder(root)
+
+    def describe(self, item) -> str:
+        return _describe(item)
 
 
 # --------------------------------------------------------------------------- internals

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgetune.bundle import Bundle, BundleError, sha256
 from edgetune.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
-from edgetune.inputs.image import list_image_folder, prepare
+from edgetune.inputs import preparer_for
 from edgetune.runtime.checkpoint import CheckpointDir
 from edgetune.runtime.prototypes import PrototypeClassifier, imprint_weights
 from edgetune.runtime.store import SampleStore
@@ -74,6 +74,7 @@ class Personalizer:
         self._bundle_id = sha256(json.dumps(manifest, sort_keys=True).encode())
         self.features_shape = tuple(manifest["features"]["shape"])
         self._input = manifest["input"]
+        self.preparer = preparer_for(self._input, min_image_size=min_image_size)
         self.store = SampleStore(self.profile / "samples.sqlite", feature_shape=self.features_shape)
         known = self.store.get_meta("bundle")
         if known is None:
@@ -209,20 +210,14 @@ class Personalizer:
             self.bundle.release("base")  # the session has its weights; export reads it again
         return self._base
 
-    def _to_input(self, image) -> np.ndarray:
-        shape, dtype = self._input["shape"], np.dtype(self._input["dtype"])
-        if self._input.get("layout") == "NHWC" and self._input.get("color") == "RGB":
-            return prepare(image, (shape[2], shape[1]), min_size=self.min_image_size)
-        array = np.asarray(image)
-        expected = tuple(shape[1:])
-        if array.shape != expected or array.dtype != dtype:
-            raise BadInputError(f"input has shape {array.shape} and dtype {array.dtype}; this "
-                                f"bundle needs {expected} {dtype}")
-        return array
+    def _to_input(self, item) -> np.ndarray:
+        """One input -> one row of the base's input, by the bundle's input kind."""
+        return self.preparer.prepare(item)
 
     def features(self, images: Sequence) -> np.ndarray:
-        """Run the base on images (arrays, PIL images, paths, bytes): [n, *features]."""
-        batch = [self._to_input(img) for img in images]
+        """Run the base on inputs of the bundle's kind (images: arrays, PIL images, paths,
+        bytes): [n, *features]."""
+        batch = [self._to_input(item) for item in images]
         if not batch:
             return np.zeros((0, *self.features_shape), np.float32)
         inputs, outputs = self.bundle.io("base")
@@ -586,7 +581,7 @@ class Personalizer:
     # -- evaluation --
     def evaluate(self, data_dir: str | os.PathLike) -> dict:
         """Accuracy on a folder of class folders: {"accuracy", "n", "per_class", "skipped"}."""
-        items = list_image_folder(data_dir)
+        items = self.preparer.list_folder(data_dir)
         known = set(self._snapshot.classes)
         usable = [(p, c) for p, c in items if c in known]
         unknown = sorted({c for _, c in items if c not in known})
