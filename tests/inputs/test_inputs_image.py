@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgetune.runtime import (
-    BadInputError,
+from edgetune.errors import BadInputError
+from edgetune.inputs.image import (
     list_image_folder,
     load_image,
     prepare,
