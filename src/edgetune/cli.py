@@ -194,10 +194,9 @@ def cmd_export(args) -> int:
 
 @command("serve")
 def cmd_serve(args) -> int:
-    from edgetune.server import serve
+    from edgetune.server.options import run_from_args
 
-    return serve(bundle=args.bundle, profile=args.profile, host=args.host, port=args.port,
-                 token=args.token or None)
+    return run_from_args(args)
 
 
 PROFILE_HELP = ("profile directory (default: $EDGETUNE_PROFILE, else "
@@ -277,19 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("serve", help="the teachable camera: a local web app that records "
-                       "samples, trains and predicts live")
-    p.add_argument("--bundle", help="bundle to personalize (default: the profile's own copy, "
-                   "else the default EfficientNet-Lite0 + softmax bundle, built once into "
-                   "the cache: $EDGETUNE_CACHE or ~/.cache/edgetune)")
-    p.add_argument("--profile", help="profile directory (default: $EDGETUNE_PROFILE, else "
-                   "$XDG_DATA_HOME/edgetune/profile or ~/.local/share/edgetune/profile)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; any other needs --token)")
-    p.add_argument("--port", type=int, default=8321, help="port (default 8321)")
-    p.add_argument("--token", default=os.environ.get("EDGETUNE_TOKEN"),
-                   help="access token every request must carry (default: $EDGETUNE_TOKEN); "
-                   "required to listen on a non-loopback address")
+    from edgetune.server.options import add_serve_arguments
+
+    add_serve_arguments(add("serve", help="the teachable camera: a local web app that records "
+                            "samples, trains and predicts live"))
     return parser
 
 

@@ -33,7 +33,8 @@ from edgetune.cli import main  # noqa: E402
 from edgetune.errors import EdgetuneError  # noqa: E402
 from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.server import check_bind, default_bundle, is_loopback  # noqa: E402
-from edgetune.server.app import BackgroundServer, Limits, create_app  # noqa: E402
+from edgetune.server.app import Limits, create_app  # noqa: E402
+from edgetune.server.testing import BackgroundServer  # noqa: E402
 
 HOST = {"host": "127.0.0.1:8321"}  # what a browser on this machine sends
 
@@ -295,6 +296,63 @@ def test_malformed_and_oversized_http_requests_get_error_replies(default_bundle_
         assert client.get("/static/app.js").status_code == 200
 
 
+def test_a_damaged_profile_is_a_server_error_that_names_the_file_and_the_fix(
+        default_bundle_path, tmp_path, photos_jpeg):
+    """A corrupt bundle or checkpoint is 500 corrupt_profile (not a 409 conflict);
+    another process writing the profile is 409 profile_locked."""
+    from edgetune.defaults import EPOCHS
+    from edgetune.errors import CorruptCheckpointError, ProfileLockedError
+
+    with client_for(default_bundle_path, tmp_path / "p") as (client, p):
+        assert client.get("/api/state").json()["default_epochs"] == EPOCHS
+        for label, name in (("cat", "chelsea"), ("coffee", "coffee")):
+            client.post("/api/classes", json={"name": label})
+            assert upload(client, label, photos_jpeg[name][:3]).status_code == 200
+        assert client.post("/api/train", json={"epochs": 3}).status_code == 202
+        assert p.wait_training(60) and p.trained
+        base = p.profile / "bundle.edgetune" / "base.onnx"
+        base.unlink()  # never write through: the file may be a hard link to the cache's
+        base.write_bytes(b"not the base graph")  # export reads it again, verifying its hash
+        r = client.get("/api/model.onnx")
+        assert r.status_code == 500 and r.json()["code"] == "corrupt_profile", r.text
+        message = r.json()["error"]
+        assert "base.onnx" in message and str(p.profile) in message
+        assert "bundle.edgetune" in message and "restart" in message
+
+        def damaged(*args, **kwargs):
+            raise CorruptCheckpointError(f"{p.profile}/checkpoints/ckpt-000003.safetensors "
+                                         f"is damaged: truncated")
+
+        p.predict = damaged
+        r = client.post("/api/predict", content=photos_jpeg["chelsea"][0],
+                        headers={"content-type": "image/jpeg"})
+        assert r.status_code == 500 and r.json()["code"] == "corrupt_profile"
+        assert "ckpt-000003.safetensors" in r.json()["error"]
+        assert "checkpoints" in r.json()["error"] and "--profile" in r.json()["error"]
+        with client.websocket_connect("/ws", headers=HOST) as ws:
+            receive(ws, "state")
+            ws.send_bytes(photos_jpeg["chelsea"][0])
+            got = reply(ws)
+            assert (got["type"], got["code"]) == ("error", "corrupt_profile")
+            assert "ckpt-000003.safetensors" in got["message"]
+
+        def locked(*args, **kwargs):
+            raise ProfileLockedError("another process (PID 4242) writes to this profile")
+
+        p.add_class = locked
+        r = client.post("/api/classes", json={"name": "dog"})
+        assert r.status_code == 409 and r.json()["code"] == "profile_locked"
+        assert "4242" in r.json()["error"]
+
+
+def test_python_m_edgetune_server_runs_without_the_cli_and_shows_defaults():
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "edgetune.server", "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "default: 127.0.0.1" in r.stdout and "default: 8321" in r.stdout
+    assert "edgetune.cli" not in r.stderr and "starlette" not in r.stderr
+
+
 def test_restart_with_the_same_profile_keeps_classes_samples_and_model(default_bundle_path,
                                                                        tmp_path, photos_jpeg):
     profile = tmp_path / "profile"
@@ -476,7 +534,7 @@ def test_python_m_edgetune_server_serves_the_default_bundle(edgetune_cache,
 
 def test_training_progress_is_throttled_and_the_curve_stays_bounded(default_bundle_path,
                                                                     tmp_path):
-    from edgetune.server.app import MAX_POINTS, Studio, TrainingRun
+    from edgetune.server.session import MAX_POINTS, Studio, TrainingRun
 
     personalizer = Personalizer(default_bundle_path, profile=tmp_path / "p")
     try:

@@ -48,7 +48,8 @@ from websockets.sync.client import connect  # noqa: E402
 
 from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.server import default_bundle  # noqa: E402
-from edgetune.server.app import BackgroundServer, Limits, create_app  # noqa: E402
+from edgetune.server.app import Limits, create_app  # noqa: E402
+from edgetune.server.testing import BackgroundServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("edgetune_server_load",

@@ -31,7 +31,8 @@ pytest.importorskip("uvicorn")
 
 from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.server import default_bundle  # noqa: E402
-from edgetune.server.app import BackgroundServer, create_app  # noqa: E402
+from edgetune.server.app import create_app  # noqa: E402
+from edgetune.server.testing import BackgroundServer  # noqa: E402
 
 expect = playwright_api.expect
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from edgetune.cli import main
+from edgetune.server.options import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    sys.exit(main())

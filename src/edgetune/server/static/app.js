@@ -151,6 +151,10 @@
 
   function setState(state) {
     app.state = state;
+    const epochsInput = $("epochs");
+    if (state.default_epochs && !epochsInput.dataset.edited) {
+      epochsInput.value = state.default_epochs;  // the server's default until the user types
+    }
     if (state.run && state.run.points && (state.run.run !== app.run || !state.training)) {
       app.run = state.run.run;
       app.points = state.run.points.slice();
@@ -607,10 +611,12 @@
 
   // ------------------------------------------------------------------ training
 
+  $("epochs").addEventListener("input", () => { $("epochs").dataset.edited = "1"; });
   $("train").addEventListener("click", async () => {
-    const epochs = Math.max(1, Math.min(10000, parseInt($("epochs").value, 10) || 50));
-    $("train").disabled = true;
-    const state = await api("POST", "/api/train", { epochs });
+    const typed = parseInt($("epochs").value, 10);
+    $("train").disabled = true;  // no number typed: the server's default
+    const body = Number.isFinite(typed) ? { epochs: Math.max(1, Math.min(10000, typed)) } : {};
+    const state = await api("POST", "/api/train", body);
     if (state) setState(state);
     else if (app.state) renderTraining();
   });

@@ -1,0 +1,62 @@
+"""The serve command's arguments, shared by ``edgetune serve`` and
+``python -m edgetune.server``::
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    sys.exit(run_from_args(parser.parse_args()))
+
+Imports no web framework: a refused address fails before uvicorn is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from edgetune import defaults
+from edgetune.errors import EdgetuneError
+
+__all__ = ["add_serve_arguments", "main", "run_from_args"]
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add --bundle, --profile, --host, --port and --token (help texts show defaults)."""
+    parser.add_argument("--bundle", help="bundle to personalize (default: the profile's own "
+                        "copy, else the default EfficientNet-Lite0 + softmax bundle, built "
+                        "once into the cache: $EDGETUNE_CACHE, else $XDG_CACHE_HOME/edgetune "
+                        "or ~/.cache/edgetune)")
+    parser.add_argument("--profile", help="profile directory (default: $EDGETUNE_PROFILE, "
+                        "else $XDG_DATA_HOME/edgetune/profile or "
+                        "~/.local/share/edgetune/profile)")
+    parser.add_argument("--host", default=defaults.HOST,
+                        help="address to listen on (default: %(default)s; any other than a "
+                        "loopback address needs --token)")
+    parser.add_argument("--port", type=int, default=defaults.PORT,
+                        help="port (default: %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("EDGETUNE_TOKEN"),
+                        help="access token every request must carry (default: "
+                        "$EDGETUNE_TOKEN); required to listen on a non-loopback address")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve with parsed arguments until Ctrl-C; raises EdgetuneError when it cannot."""
+    from edgetune.server.launch import serve
+
+    return serve(bundle=args.bundle, profile=args.profile, host=args.host, port=args.port,
+                 token=args.token or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgetune.server``: errors on stderr, exit code 2 (as ``edgetune``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edgetune.server",
+        description="The teachable camera: a local web app that records samples, trains "
+                    "and predicts live (the same as `edgetune serve`).")
+    args = add_serve_arguments(parser).parse_args(argv)
+    try:
+        return run_from_args(args)
+    except (EdgetuneError, ValueError, FileNotFoundError) as e:
+        print(f"edgetune serve: error: {e}", file=sys.stderr)
+        return 2
