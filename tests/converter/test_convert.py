@@ -154,7 +154,7 @@ def test_cli_convert_then_inspect(edgetune_cache, tmp_path, capsys, monkeypatch)
 
 
 def test_cli_reports_a_missing_cut_with_candidates(tmp_path, capsys, edgetune_cache):
-    from edgetune.converter.bases import efficientnet_lite0
+    from edgetune.converter.efficientnet import efficientnet_lite0
 
     base = efficientnet_lite0(edgetune_cache)
     assert cli(["convert", "--base", str(base), "--cut", "blocks.99", "-o",

@@ -42,9 +42,9 @@ def _rehash(path, role_or_init):
 def test_a_saved_bundle_loads_verified(saved):
     bundle = Bundle.load(saved)
     assert bundle.manifest["format"] == "edgetune.bundle" and bundle.manifest["version"] == 1
-    assert bundle.manifest["input"] == {"name": "image", "dtype": "uint8",
+    assert bundle.manifest["input"] == {"kind": "image", "name": "image", "dtype": "uint8",
                                         "shape": [None, 16, 16, 3], "layout": "NHWC",
-                                        "color": "RGB"}
+                                        "color": "RGB", "filter": "lanczos", "crop": "center"}
     assert bundle.describe()["verified"]
     for role in ("base", "train", "train_epoch", "infer"):
         model = onnx.load_from_string(bundle.graph(role))

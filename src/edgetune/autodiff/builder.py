@@ -27,6 +27,23 @@ IR_VERSION = 8
 Dim = int | str | None
 
 
+def value_dims(value: onnx.ValueInfoProto | onnx.TypeProto, *,
+               symbolic: bool = True) -> list[Dim] | None:
+    """The dims of a tensor's ValueInfo (or TypeProto): ``dim_value``, else ``dim_param``
+    (``None`` instead with ``symbolic=False``), else ``None``. ``None`` for the whole
+    list when the shape (rank) is unknown.
+
+    >>> value_dims(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]))
+    ['N', 3]
+    """
+    type_proto = value.type if isinstance(value, onnx.ValueInfoProto) else value
+    tensor_type = type_proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else
+            ((d.dim_param or None) if symbolic else None) for d in tensor_type.shape.dim]
+
+
 def _dtype_of(dtype) -> int:
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetune.autodiff.builder import GraphBuilder, Var, make_model
+from edgetune.autodiff.builder import GraphBuilder, Var, make_model, value_dims
 from edgetune.autodiff.context import RuleContext
 from edgetune.autodiff.rules import RULES
 
@@ -26,11 +26,7 @@ class UnsupportedOpError(ValueError):
 
 
 def _static_dims(type_proto: onnx.TypeProto):
-    t = type_proto.tensor_type
-    if not t.HasField("shape"):
-        return t.elem_type, None
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-    return t.elem_type, dims
+    return type_proto.tensor_type.elem_type, value_dims(type_proto)
 
 
 def infer_forward_shapes(b: GraphBuilder, outputs: Sequence[Var]) -> dict:

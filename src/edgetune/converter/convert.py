@@ -21,19 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx.utils import Extractor
 
-from edgetune import __version__
-from edgetune.autodiff import OPSET, GraphBuilder
+from edgetune import __version__, defaults
+from edgetune.autodiff import GraphBuilder
+from edgetune.autodiff.builder import OPSET, value_dims
 from edgetune.bundle import Bundle
-from edgetune.converter import bases
-from edgetune.converter.heads import MLP, Head, LinearSVM, SoftmaxClassifier
-from edgetune.converter.losses import Loss
+from edgetune.converter import quantize as int8
+from edgetune.converter.cut import block_boundaries, extract, onnx_file_base
+from edgetune.converter.efficientnet import efficientnet_lite0
+from edgetune.converter.heads import HEADS, MLP, Head, SoftmaxClassifier
+from edgetune.converter.losses import Loss, resolve_loss
 from edgetune.converter.optimizers import OPTIMIZERS, Optimizer
 from edgetune.converter.rewrite import pointwise_head_as_gemm
 from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
 
-ZOO = {"efficientnet-lite0": bases.efficientnet_lite0}
+ZOO = {"efficientnet-lite0": efficientnet_lite0}
 
 # Which inputs of which ops hold trainable tensors, and of what kind; "bias:K" trains
 # only the "bias" and "scale" kinds. BatchNorm statistics are never trained.
@@ -74,12 +76,10 @@ def resolve_head(head: Head | str | os.PathLike | None, classes: int | None) -> 
         return head
     text = "softmax" if head is None else os.fspath(head)
     n = classes or 2
-    if text == "softmax":
-        return SoftmaxClassifier(n)
-    if text == "svm":
-        return LinearSVM(n)
     if re.fullmatch(r"mlp(:\d+)?", text):
         return MLP(n, hidden=int(text.split(":")[1]) if ":" in text else 128)
+    if text in HEADS:
+        return HEADS[text](n)
     if text.endswith(".onnx"):
         if not Path(text).is_file():
             raise ValueError(f"head graph {text} does not exist")
@@ -89,14 +89,18 @@ def resolve_head(head: Head | str | os.PathLike | None, classes: int | None) -> 
 
 def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
                       weight_decay: float | None) -> Optimizer:
+    """An Optimizer from an object or a name of OPTIMIZERS; none given:
+    `edgetune.defaults.OPTIMIZER` with `edgetune.defaults.LR` unless `lr` is given."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    name = optimizer or "sgd"
+    name = optimizer or defaults.OPTIMIZER
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is not one of {sorted(OPTIMIZERS)}")
     kwargs = {}
     if lr is not None:
         kwargs["lr"] = lr
+    elif optimizer is None:
+        kwargs["lr"] = defaults.LR
     if weight_decay is not None:
         kwargs["weight_decay"] = weight_decay
     return OPTIMIZERS[name](**kwargs)
@@ -111,34 +115,21 @@ def load_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = None,
     if text in ZOO:
         model = onnx.load(os.fspath(ZOO[text](cache_dir)))
         if cut is not None:
-            model = _extract(model, [model.graph.input[0].name], [cut])
+            model = extract(model, [cut], source=text)
         return model, text
     if text.endswith(".onnx") or Path(text).is_file():
         if not Path(text).is_file():
             raise ValueError(f"base model {text} does not exist")
-        return bases.onnx_file_base(text, cut), Path(text).name
+        return onnx_file_base(text, cut), Path(text).name
     raise ValueError(f"base {text!r} is neither a known base ({', '.join(ZOO)}) nor an ONNX "
                      f"file")
-
-
-def _extract(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    sub = Extractor(inferred).extract_model(inputs, outputs)
-    sub.ir_version = model.ir_version
-    del sub.graph.value_info[:]
-    return sub
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in vi.type.tensor_type.shape.dim]
 
 
 def _tensor_dims(model: onnx.ModelProto, name: str) -> list:
     inferred = onnx.shape_inference.infer_shapes(model).graph
     for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
         if vi.name == name:
-            return _dims(vi)
+            return value_dims(vi) or []
     raise ValueError(f"cannot infer the shape of {name!r}")
 
 
@@ -194,7 +185,7 @@ def _serialize(model: onnx.ModelProto) -> bytes:
 
 def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             head: Head | str | os.PathLike | None = None,
-            optimizer: Optimizer | str | None = None, *, loss: Loss | None = None,
+            optimizer: Optimizer | str | None = None, *, loss: Loss | str | None = None,
             trainable: str | Trainable = "head", cut: str | None = None,
             classes: int | None = None, lr: float | None = None,
             weight_decay: float | None = None, l2: float = 0.0,
@@ -204,11 +195,14 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
 
     base: "efficientnet-lite0" or an ONNX file (cut at `cut`, default its first output).
     head: a Head, "softmax", "mlp:HIDDEN", "svm" or a HEAD.onnx graph.
+    optimizer: an Optimizer or a name of OPTIMIZERS (default: edgetune.defaults).
+    loss: a Loss or a name of LOSSES (default: the head's).
     trainable: "head", "last:K" (also train the base's last K blocks) or "bias:K"
     (only their biases and normalization scales). quantize: a folder of calibration
     images for an int8 base (graph role `base_int8`).
     """
     mode = Trainable.parse(trainable)
+    loss = resolve_loss(loss)
     head = resolve_head(head, classes)
     optimizer = resolve_optimizer(optimizer, lr, weight_decay)
     base_model, base_name = load_base(base, cut, cache_dir)
@@ -216,12 +210,12 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
 
     tail, cut_name = None, features_name
     if mode.mode != "head":
-        boundaries = bases.block_boundaries(base_model)
+        boundaries = block_boundaries(base_model)
         if mode.blocks > len(boundaries):
             raise ValueError(f"trainable {mode}: the base has only {len(boundaries)} blocks")
         cut_name = boundaries[-mode.blocks]
-        tail = _extract(base_model, [cut_name], [features_name])
-        base_model = _extract(base_model, [image_name], [cut_name])
+        tail = extract(base_model, [features_name], [cut_name])
+        base_model = extract(base_model, [cut_name])
     cut_shape = _tensor_dims(base_model, cut_name)[1:]
     if not all(isinstance(d, int) for d in cut_shape):
         raise ValueError(f"the cached tensor {cut_name!r} needs a static shape per sample, "
@@ -242,7 +236,7 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     files = {"base.onnx": _serialize(_base_with_features_output(base_model, cut_name)),
              **graphs.files()}
     manifest = _manifest(base_model, base_name, image_name, cut_shape, graphs, mode, head,
-                         classes)
+                         classes, _output_layer(head, head_model, [p.name for p in graphs.params]))
     if quantize is not None:
         files["base.int8.onnx"], manifest["quantization"] = _quantized_base(
             files["base.onnx"], quantize)
@@ -262,22 +256,62 @@ def _base_with_features_output(model: onnx.ModelProto, cut_name: str) -> onnx.Mo
     return out
 
 
-def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGraphs,
-              mode: Trainable, head, classes) -> dict:
+def _input_section(base_model: onnx.ModelProto, image_name: str) -> dict:
+    """The manifest's `input`: kind "image" for uint8 NHWC RGB input (with how the device
+    resizes: see edgetune.inputs.image.prepare), else kind "tensor"."""
     image = next(i for i in base_model.graph.input if i.name == image_name)
     elem = onnx.helper.tensor_dtype_to_np_dtype(image.type.tensor_type.elem_type).name
-    shape = [d if isinstance(d, int) else None for d in _dims(image)]
+    shape = value_dims(image, symbolic=False) or []
     is_image = elem == "uint8" and len(shape) == 4 and shape[-1] == 3
+    section = {"kind": "image" if is_image else "tensor", "name": image_name, "dtype": elem,
+               "shape": shape, "layout": "NHWC" if is_image else None,
+               "color": "RGB" if is_image else None}
+    if is_image:
+        section.update(filter="lanczos", crop="center")
+    return section
+
+
+def _output_layer(head: Head | Path, head_model: onnx.ModelProto,
+                  params: list[str]) -> tuple[str, str] | None:
+    """(weight, bias) parameter names of the layer that makes the logits: the head's
+    own `output_params`, or for a user's graph the last Gemm, or MatMul + Add, whose
+    constants are trained parameters; None when not found."""
+    if isinstance(head, Head):
+        found = head.output_params
+    else:
+        graph = head_model.graph
+        inits = {t.name for t in graph.initializer}
+        producer = {o: n for n in graph.node for o in n.output if o}
+        node = producer.get(graph.output[0].name) if graph.output else None
+        while node is not None and node.op_type == "Identity":
+            node = producer.get(node.input[0])
+        found = None
+        if node is not None and node.op_type == "Gemm" and len(node.input) > 2:
+            found = (node.input[1], node.input[2])
+        elif node is not None and node.op_type == "Add":
+            bias = [i for i in node.input if i in inits]
+            product = [producer.get(i) for i in node.input if i not in inits]
+            if len(bias) == 1 and len(product) == 1 and product[0] is not None \
+                    and product[0].op_type in ("MatMul", "Gemm"):
+                weight = [i for i in product[0].input if i in inits]
+                found = (weight[0], bias[0]) if len(weight) == 1 else None
+    return found if found and all(name in params for name in found) else None
+
+
+def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGraphs,
+              mode: Trainable, head, classes, output_layer) -> dict:
     sections = graphs.manifest_sections()
     initial_classes = next((v.shape[d] for p in graphs.params for d, dim in enumerate(p.shape)
                             if dim == "classes" for v in [graphs.initial[p.name]]), classes)
+    classes_section = {"dimension": "classes", "initial": initial_classes}
+    if output_layer is not None:
+        classes_section.update(weight=output_layer[0], bias=output_layer[1])
     return {
         "format": "edgetune.bundle",
         "version": 1,
         "opset": OPSET,
         "created_by": f"edgetune {__version__}",
-        "input": {"name": image_name, "dtype": elem, "shape": shape,
-                  "layout": "NHWC" if is_image else None, "color": "RGB" if is_image else None},
+        "input": _input_section(base_model, image_name),
         "features": {"shape": cut_shape, "dtype": "float32"},
         "graphs": {
             "base": {"file": "base.onnx", "sha256": "0" * 64, "inputs": {"image": image_name},
@@ -285,7 +319,7 @@ def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGrap
             **sections.pop("graphs"),
         },
         **sections,
-        "classes": {"dimension": "classes", "initial": initial_classes},
+        "classes": classes_section,
         "base": base_name,
         "head": head.config() if isinstance(head, Head) else {"name": "onnx",
                                                                "file": Path(head).name},
@@ -296,12 +330,12 @@ def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGrap
 
 def _quantized_base(base_bytes: bytes, calibration_dir) -> tuple[bytes, dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = Path(tmp) / "base.onnx", Path(tmp) / "base.int8.onnx"
+        fp32, int8_path = Path(tmp) / "base.onnx", Path(tmp) / "base.int8.onnx"
         fp32.write_bytes(base_bytes)
-        report = bases.quantize_base(fp32, calibration_dir, int8)
-        files = bases._image_files(Path(calibration_dir))[:64]
-        report.update(bases.feature_agreement(fp32, int8, files))
-        data = int8.read_bytes()
+        report = int8.quantize_base(fp32, calibration_dir, int8_path)
+        files = int8.calibration_files(calibration_dir)[:64]
+        report.update(int8.feature_agreement(fp32, int8_path, files))
+        data = int8_path.read_bytes()
     return data, {k: v for k, v in report.items()
                   if isinstance(v, int | float | str) and not k.endswith("_path")}
 

@@ -10,6 +10,7 @@ classes; `classes` only sets the initial values' size.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -18,12 +19,19 @@ from edgetune.autodiff import GraphBuilder
 from edgetune.converter.losses import Loss, MultiClassHinge, SoftmaxCrossEntropy
 
 CLASSES = "classes"
+#: Name prefix of every head's output layer (the one with a "classes" dimension).
+OUTPUT_LAYER = "head"
 
 
 @dataclass
 class Head:
     classes: int = 2
     seed: int = 0
+
+    #: (weight, bias) parameter names of the output layer: one row (weight [classes,
+    #: in]) and one entry (bias [classes]) per class, e.g. for weight imprinting.
+    output_params: ClassVar[tuple[str, str]] = (f"{OUTPUT_LAYER}.weight",
+                                                f"{OUTPUT_LAYER}.bias")
 
     def default_loss(self) -> Loss:
         return SoftmaxCrossEntropy()
@@ -62,7 +70,7 @@ class SoftmaxClassifier(Head):
     """One linear layer; softmax cross-entropy. Starts at zero (training is convex)."""
 
     def layers(self, b, x, dim, rng):
-        return _linear(b, x, "head", dim, self.classes, rng, 0.0, CLASSES)
+        return _linear(b, x, OUTPUT_LAYER, dim, self.classes, rng, 0.0, CLASSES)
 
 
 @dataclass
@@ -82,6 +90,10 @@ class MLP(Head):
     def layers(self, b, x, dim, rng):
         h, shapes = _linear(b, x, "hidden", dim, self.hidden, rng, np.sqrt(2.0 / dim),
                             self.hidden)
-        logits, out_shapes = _linear(b, b.Relu(h), "head", self.hidden, self.classes, rng,
+        logits, out_shapes = _linear(b, b.Relu(h), OUTPUT_LAYER, self.hidden, self.classes, rng,
                                      np.sqrt(1.0 / self.hidden), CLASSES)
         return logits, {**shapes, **out_shapes}
+
+
+#: CLI names -> head classes (``--head softmax|mlp:HIDDEN|svm``).
+HEADS: dict[str, type[Head]] = {"softmax": SoftmaxClassifier, "svm": LinearSVM, "mlp": MLP}

@@ -169,5 +169,23 @@ class BinaryCrossEntropyWithLogits(Loss):
         return b.Sigmoid(logits)
 
 
-LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "hinge": MultiClassHinge,
-          "mse": MeanSquaredError, "bce": BinaryCrossEntropyWithLogits}
+#: CLI names -> loss classes (``--loss cross-entropy|hinge|mse|bce``).
+LOSSES: dict[str, type[Loss]] = {"cross-entropy": SoftmaxCrossEntropy, "hinge": MultiClassHinge,
+                                 "mse": MeanSquaredError, "bce": BinaryCrossEntropyWithLogits}
+_ALIASES = {"softmax-cross-entropy": "cross-entropy", "ce": "cross-entropy",
+            "multi-class-hinge": "hinge", "binary-cross-entropy": "bce"}
+
+
+def resolve_loss(loss: Loss | str | None) -> Loss | None:
+    """A Loss from an object or a name of :data:`LOSSES` (``_`` and ``-`` alike, a few
+    aliases such as ``softmax-cross-entropy``); None stays None (the head's default)."""
+    if loss is None or isinstance(loss, Loss):
+        return loss
+    if not isinstance(loss, str):
+        raise ValueError(f"loss must be a Loss or one of {', '.join(LOSSES)}; "
+                         f"got {type(loss).__name__}")
+    key = loss.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of: {', '.join(LOSSES)}")
+    return LOSSES[key]()

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgetune.autodiff.builder import value_dims
+
 # Activations that act element by element (with any further inputs constant) and have
 # gradient rules.
 ELEMENTWISE = {"Clip", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh",
@@ -74,8 +76,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list]:
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        shapes[vi.name] = value_dims(vi, symbolic=False) or []
     for t in model.graph.initializer:
         shapes[t.name] = list(t.dims)
     return shapes

@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from safetensors.numpy import save as save_safetensors
 
 from edgetune.autodiff import GraphBuilder, Var, gradients
+from edgetune.autodiff.builder import value_dims
 from edgetune.bundle import Bundle
 from edgetune.converter.heads import CLASSES
 from edgetune.converter.losses import Loss
@@ -108,11 +109,6 @@ def _frozen_head(head: onnx.ModelProto, trainable: Sequence[str]):
     return graph, data_inputs[0]
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in value_info.type.tensor_type.shape.dim]
-
-
 class _StepBuilder:
     """Shared by the step graph and the epoch loop body: the head, loss and update."""
 
@@ -179,7 +175,7 @@ def build_training_graphs(head: onnx.ModelProto, loss: Loss, optimizer: Optimize
         raise ValueError(f"trainable tensors {unknown} are not float initializers of the head; "
                          f"candidates: {sorted(float_inits)}")
     head_graph, features_vi = _frozen_head(head, names)
-    features_shape = _dims(features_vi)[1:]
+    features_shape = (value_dims(features_vi) or [])[1:]
     initial = {n: numpy_helper.to_array(float_inits[n]) for n in names}
     shapes = {n: list((param_shapes or {}).get(n) or initial[n].shape) for n in names}
     params = [TensorSpec(n, shapes[n], n, f"{n}.updated", n) for n in names]
@@ -247,7 +243,7 @@ def _train_graph(step_builder: _StepBuilder, features_shape, params, state, opti
 
 
 def _static_classes(head: onnx.ModelProto) -> int | None:
-    dims = _dims(head.graph.output[0]) if head.graph.output else []
+    dims = (value_dims(head.graph.output[0]) or []) if head.graph.output else []
     return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
 
 
