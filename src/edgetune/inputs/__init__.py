@@ -99,6 +99,18 @@ class Preparer:
                             self.dtype)
         return np.stack(rows)
 
+    def feeds(self, rows: np.ndarray, inputs: Mapping[str, str]) -> dict[str, np.ndarray]:
+        """The base graph's feed for a stack of prepared rows. inputs: the base graph's
+        input roles -> tensor names (the manifest's ``graphs.base.inputs``). By default
+        the rows are the one input (role ``image``); a kind whose base takes several
+        inputs (text: ids and mask) splits its rows here."""
+        if "image" in inputs:
+            return {inputs["image"]: rows}
+        if len(inputs) == 1:
+            return {next(iter(inputs.values())): rows}
+        raise BundleError(f"the base graph takes {sorted(inputs)}; the {self.kind!r} "
+                          f"preparer feeds one input (role 'image')")
+
     def check(self, item) -> None:
         """Raise :class:`BadInputError` if ``item`` is not a usable input of this kind
         (e.g. an upload that is no image), without running the base."""

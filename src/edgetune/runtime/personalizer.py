@@ -223,7 +223,7 @@ class Personalizer:
         inputs, outputs = self.bundle.io("base")
         session = self._base_session()
         parts = [session.run([outputs["features"]],
-                             {inputs["image"]: np.stack(batch[i:i + BASE_BATCH])})[0]
+                             self.preparer.feeds(np.stack(batch[i:i + BASE_BATCH]), inputs))[0]
                  for i in range(0, len(batch), BASE_BATCH)]
         return np.concatenate(parts).astype(np.float32)
 
