@@ -1,7 +1,9 @@
 """The personalization lifecycle on the device: samples, training, prediction, saving.
 
 A profile is one personalization: a directory holding a copy of the bundle, the
-SQLite sample store (cached features, not images) and the checkpoints.
+SQLite sample store (cached features, not images), the checkpoints and a lock: one
+writer at a time (a second one gets ProfileLockedError, or waits with `wait=`);
+readers (`read_only=True`) take no lock and change nothing.
 
     p = Personalizer("model.edgetune", profile="me/")
     p.add_sample("mug.jpg", "mug")          # features computed once, stored
@@ -11,6 +13,7 @@ SQLite sample store (cached features, not images) and the checkpoints.
 
 Prediction is safe during training: the trainer publishes a complete new parameter
 set after each epoch call and readers take whichever set is current, never waiting.
+The fit loop lives in .fitting, the class columns (remap, imprint) in .columns.
 """
 
 from __future__ import annotations
@@ -19,29 +22,29 @@ import json
 import os
 import shutil
 import threading
-import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgetune.bundle import Bundle, BundleError, sha256
+from edgetune.defaults import EPOCHS, MIN_IMAGE_SIZE
 from edgetune.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
+from edgetune.files import atomic_write
 from edgetune.inputs import preparer_for
+from edgetune.names import class_name
 from edgetune.runtime.checkpoint import CheckpointDir
-from edgetune.runtime.prototypes import PrototypeClassifier, imprint_weights
+from edgetune.runtime.columns import ClassColumns
+from edgetune.runtime.fitting import Samples, fit_epochs, probe_loss, suggested_lr
+from edgetune.runtime.lock import ProfileLock
+from edgetune.runtime.prototypes import PrototypeClassifier
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, make_session
 
-CLASSES = "classes"
 # Images per base call: activations of 16 at once double the peak memory (336 vs
 # 190 MiB for EfficientNet-Lite0) and are no faster (bench/personalize.py).
 BASE_BATCH = 4
-EXPLODE_FACTOR = 10.0  # an epoch loss this many times the one before training diverged
-GROWTH_LIMIT = 1e3  # so did a parameter that grew this many times (+1) in one fit
-MAX_ROLLBACKS = 3
 HISTORY_LIMIT = 1000  # epoch records kept in Personalizer.history
 
 
@@ -61,27 +64,45 @@ class Personalizer:
     the profile's copy. threads: onnxruntime threads per session (None: its default).
     min_image_size: smaller images are refused (28x28 Fashion-MNIST is fine; an icon
     is not).
+
+    One writer per profile: a writer holds `<profile>/lock` until close(); if another
+    process holds it, ProfileLockedError names that process. wait: False (fail at
+    once), True (wait until it is free) or at most that many seconds. read_only: take
+    no lock, create and change nothing (predict, evaluate and export work; every
+    change raises EdgetuneError); the profile must already exist.
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
                  profile: str | os.PathLike = "profile", *, threads: int | None = None,
-                 seed: int = 0, min_image_size: int = 16):
+                 seed: int = 0, min_image_size: int = MIN_IMAGE_SIZE, read_only: bool = False,
+                 wait: bool | float = False):
         self.min_image_size = min_image_size
         self.profile = Path(profile)
-        self.profile.mkdir(parents=True, exist_ok=True)
+        self.read_only = bool(read_only)
+        self.store: SampleStore | None = None
+        self._thread: threading.Thread | None = None
+        self._writer: ProfileLock | None = None
+        if self.read_only:
+            if not self.profile.is_dir():
+                raise EdgetuneError(f"profile {self.profile} does not exist; a read-only open "
+                                    f"creates nothing: train it first (edgetune train ...)")
+        else:
+            self.profile.mkdir(parents=True, exist_ok=True)
+            self._writer = ProfileLock(self.profile).acquire(wait)
+        try:
+            self._open(bundle, threads, seed)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, bundle, threads: int | None, seed: int) -> None:
         self.bundle = self._open_bundle(bundle)
         manifest = self.bundle.manifest
         self._bundle_id = sha256(json.dumps(manifest, sort_keys=True).encode())
         self.features_shape = tuple(manifest["features"]["shape"])
         self._input = manifest["input"]
-        self.preparer = preparer_for(self._input, min_image_size=min_image_size)
-        self.store = SampleStore(self.profile / "samples.sqlite", feature_shape=self.features_shape)
-        known = self.store.get_meta("bundle")
-        if known is None:
-            self.store.set_meta("bundle", self._bundle_id)
-        elif known != self._bundle_id:
-            raise BundleError(f"profile {self.profile} was made with another bundle; open it "
-                              f"with its own bundle or use a new profile")
+        self.preparer = preparer_for(self._input, min_image_size=self.min_image_size)
+        self.store = self._open_store()
         self.checkpoints = CheckpointDir(self.profile / "checkpoints")
         self._threads = threads
         self._rng = np.random.default_rng(seed)
@@ -90,14 +111,13 @@ class Personalizer:
         self._train_sessions: dict | None = None
         self._infer_io = self.bundle.io("infer")
         self._infer = self._session("infer", [p["infer_input"] for p in self.bundle.params])
-        self._class_axis = {s["train_input"]: _class_axis(s["shape"])
-                            for s in self.bundle.params + self.bundle.state}
+        self._cols = ClassColumns(self.bundle)
         self._trainable_names = [p["train_input"] for p in self.bundle.params]
         self._values, self._columns, self._trained, self.step = self._initial_state()
+        self._fitting: Samples | None = None  # what a running fit trains on
         self._prototypes = PrototypeClassifier()
         self._prototypes_stale = True
         self._publish()
-        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.history: list[dict] = []
         self.last_error: str | None = None
@@ -105,12 +125,15 @@ class Personalizer:
     # -- opening --
     def _open_bundle(self, bundle) -> Bundle:
         copy = self.profile / "bundle.edgetune"
-        for stale in self.profile.glob(".bundle.edgetune.*"):  # a copy cut short by a crash
-            shutil.rmtree(stale, ignore_errors=True)
-        if bundle is None:
+        if not self.read_only:
+            for stale in self.profile.glob(".bundle.edgetune.*"):  # a copy cut short by a crash
+                shutil.rmtree(stale, ignore_errors=True)
+        if bundle is None or (self.read_only and not copy.is_dir()):
             if not copy.is_dir():
                 raise BundleError(f"profile {self.profile} has no bundle yet; pass the bundle "
-                                  f"the first time (edgetune train BUNDLE --profile ...)")
+                                  f"the first time (edgetune train BUNDLE --profile ...)"
+                                  + ("; a read-only open creates nothing" if self.read_only
+                                     else ""))
             return Bundle.load(copy)
         loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         if copy.is_dir():
@@ -122,23 +145,32 @@ class Personalizer:
         loaded.save(copy)  # verified when loaded; the copy was written from the same bytes
         return Bundle(loaded.manifest, loaded.files, copy.resolve())
 
-    def _fresh_values(self, n_classes: int) -> dict[str, np.ndarray]:
-        initial = self.bundle.initial_values()
-        values = {}
-        for p in self.bundle.params:
-            values[p["train_input"]] = _resize_classes(initial[p["name"]],
-                                                       self._class_axis[p["train_input"]],
-                                                       n_classes)
-        shapes = {p["name"]: values[p["train_input"]].shape for p in self.bundle.params}
-        for s in self.bundle.state:
-            values[s["train_input"]] = np.zeros(shapes[s["param"]], np.float32)
-        return values
+    def _open_store(self) -> SampleStore:
+        path = self.profile / "samples.sqlite"
+        if self.read_only and not path.is_file():
+            raise EdgetuneError(f"profile {self.profile} has no sample store yet; a read-only "
+                                f"open creates nothing: add samples first (edgetune train ...)")
+        store = SampleStore(path, feature_shape=self.features_shape, read_only=self.read_only)
+        known = store.get_meta("bundle")
+        if known is None and not self.read_only:
+            store.set_meta("bundle", self._bundle_id)
+        elif known is not None and known != self._bundle_id:
+            store.close()
+            raise BundleError(f"profile {self.profile} was made with another bundle; open it "
+                              f"with its own bundle or use a new profile")
+        return store
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise EdgetuneError(f"profile {self.profile} is open read-only: cannot {what}; "
+                                f"open it without read_only=True to change it (one writer "
+                                f"at a time)")
 
     def _initial_state(self):
         classes = self.store.class_names()
         ckpt = self.checkpoints.latest()
         if ckpt is None:
-            return self._fresh_values(len(classes)), list(classes), False, 0
+            return self._cols.fresh(len(classes)), list(classes), False, 0
         meta = ckpt.meta
         if meta.get("bundle") != self._bundle_id:
             raise IncompatibleCheckpointError(
@@ -151,36 +183,16 @@ class Personalizer:
         columns = json.loads(meta.get("classes", "[]"))
         values = {n: ckpt.tensors[n] for n in names}
         for name, value in values.items():
-            axis = self._class_axis[name]
+            axis = self._cols.axis[name]
             if axis is not None and value.shape[axis] != len(columns):
                 raise IncompatibleCheckpointError(
                     f"checkpoint {ckpt.path}: {name} has {value.shape[axis]} class columns but "
                     f"the checkpoint lists {len(columns)} classes")
         step = int(ckpt.tensors.get("__step__", np.zeros(1, np.int64))[0])
-        values, columns = self._remap(values, columns, classes)
+        values, columns = self._cols.remap(values, columns, classes)
         return values, columns, meta.get("trained") == "1", step
 
     # -- class columns --
-    def _remap(self, values: dict, columns: list[str], classes: Sequence[str]):
-        """Reorder class columns of every class-sized tensor to `classes` (by name)."""
-        if list(columns) == list(classes):
-            return values, list(columns)
-        index = {name: i for i, name in enumerate(columns)}
-        out = {}
-        for name, value in values.items():
-            axis = self._class_axis[name]
-            if axis is None:
-                out[name] = value
-                continue
-            shape = list(value.shape)
-            shape[axis] = len(classes)
-            new = np.zeros(shape, np.float32)
-            for j, cls in enumerate(classes):
-                if cls in index:
-                    np.moveaxis(new, axis, 0)[j] = np.moveaxis(value, axis, 0)[index[cls]]
-            out[name] = new
-        return out, list(classes)
-
     def _publish(self) -> None:
         params = {p["infer_input"]: self._values[p["train_input"]] for p in self.bundle.params}
         self._snapshot = _Snapshot(params, tuple(self._columns), self._trained)
@@ -234,6 +246,7 @@ class Personalizer:
     def add_samples(self, images: Sequence, labels: Sequence[str],
                     sources: Sequence[str | None] | None = None) -> list[int]:
         """Add samples in one transaction: all are stored or none (a bad image adds none)."""
+        self._writable("add samples")
         labels = [_check_label(label) for label in labels]
         if len(images) != len(labels):
             raise BadInputError(f"{len(images)} images but {len(labels)} labels")
@@ -242,6 +255,7 @@ class Personalizer:
     def add_features(self, feats: np.ndarray, labels: Sequence[str],
                      sources: Sequence[str | None] | None = None) -> list[int]:
         """Add samples whose features (the base's output, [n, *features]) are known."""
+        self._writable("add samples")
         labels = [_check_label(label) for label in labels]
         feats = np.asarray(feats, np.float32)
         if feats.shape != (len(labels), *self.features_shape):
@@ -257,23 +271,32 @@ class Personalizer:
         return ids
 
     def remove_sample(self, sample_id: int) -> None:
+        self._writable("remove a sample")
         with self._lock:
             self.store.remove_sample(sample_id)
             self._prototypes_stale = True
 
     def remove_class(self, name: str) -> None:
+        self._writable("remove a class")
         with self._lock:
-            self.store.remove_class(name)
+            self.store.remove_class(_check_label(name))
             self._sync_classes()
             self._prototypes_stale = True
 
     def rename_class(self, old: str, new: str) -> None:
+        """Rename a class; its samples and its trained column are kept. Names are
+        canonicalized (edgetune.names): " crimson " is "crimson" everywhere."""
+        self._writable("rename a class")
+        old, new = _check_label(old), _check_label(new)
         with self._lock:
-            self.store.rename_class(old, _check_label(new))
+            self.store.rename_class(old, new)
             self._columns = [new if c == old else c for c in self._columns]
+            if self._fitting is not None:  # a running fit keeps the column too
+                self._fitting.columns = [new if c == old else c for c in self._fitting.columns]
             self._publish()
 
     def add_class(self, name: str) -> None:
+        self._writable("add a class")
         with self._lock:
             self.store.add_class(_check_label(name))
             self._sync_classes()
@@ -301,10 +324,10 @@ class Personalizer:
         if classes == self._columns:
             return
         fresh = [i for i, c in enumerate(classes) if c not in self._columns]
-        values, self._columns = self._remap(self._values, self._columns, classes)
+        values, self._columns = self._cols.remap(self._values, self._columns, classes)
         if self._trained and fresh:
             X, y = self.store.features_and_labels()
-            self._imprint(values, X, y, fresh)
+            self._cols.imprint(values, X, y, fresh)
         self._values = values
         self._publish()
 
@@ -350,20 +373,6 @@ class Personalizer:
             scores, [(0, 0), (0, n_classes - scores.shape[1])])
 
     # -- training --
-    def _imprint(self, values: dict, X: np.ndarray, y: np.ndarray, fresh: Iterable[int]) -> None:
-        """Start a linear head's new class columns at the class means (weight imprinting)."""
-        weight = next((p for p in self.bundle.params if p["name"] == "head.weight"), None)
-        bias = next((p for p in self.bundle.params if p["name"] == "head.bias"), None)
-        fresh = list(fresh)
-        if not fresh or weight is None or bias is None or sorted(
-                weight["shape"], key=str) != sorted([*self.features_shape, CLASSES], key=str):
-            return
-        W, b = imprint_weights(X.reshape(len(X), -1), y, values[bias["train_input"]].shape[0])
-        columns = np.moveaxis(values[weight["train_input"]], weight["shape"].index(CLASSES), -1)
-        for c in fresh:  # columns is a view: this writes the weight, whatever its layout
-            columns[..., c] = W[:, c]
-            values[bias["train_input"]][c] = b[c]
-
     def _trainer(self, lr: float) -> GraphTrainer:
         specs = self.bundle.params + self.bundle.state
         if self._train_sessions is None:  # made once, reused by every fit
@@ -376,142 +385,89 @@ class Personalizer:
         trainer.step_count = self.step
         return trainer
 
-    @staticmethod
-    def _run_epoch(trainer: GraphTrainer, X, y, weights, batch_size: int,
-                   lr: float | None = None) -> np.ndarray:
-        if trainer.has_epoch_graph:
-            return trainer.epoch(X, y, weights, batch_size, lr=lr)
-        return np.array([trainer.step(X[i:i + batch_size], y[i:i + batch_size],
-                                      None if weights is None else weights[i:i + batch_size],
-                                      lr=lr)
-                         for i in range(0, len(y), batch_size)])
-
-    def fit(self, epochs: int = 20, batch_size: int | None = None, lr: float | None = None,
-            callback: Callable[[dict], None] | None = None, balanced: bool = True,
-            early_stop: bool = True, patience: int = 5, min_delta: float = 1e-3) -> list[dict]:
+    def fit(self, epochs: int = EPOCHS, batch_size: int | None = None,
+            lr: float | None = None, callback: Callable[[dict], None] | None = None,
+            balanced: bool = True, early_stop: bool = True, patience: int = 5,
+            min_delta: float = 1e-3) -> list[dict]:
         """Train for up to `epochs` epochs; returns one record per epoch (and per rollback).
 
         balanced: weight samples so each class counts equally. early_stop: stop when the
         loss has not improved by `min_delta` (relative) for `patience` epochs. A NaN or
         exploding loss rolls back to the last good parameters, lowers the learning rate
-        tenfold and says so in the record (`"event": "rollback"`).
+        tenfold and says so in the record (`"event": "rollback"`). See .fitting.
         """
+        self._writable("train")
         if epochs < 1:
             raise BadInputError(f"epochs is {epochs}; it must be at least 1")
         if batch_size is not None and batch_size < 1:
             raise BadInputError(f"batch_size is {batch_size}; it must be at least 1")
-        lr = float(_suggested_lr(self.bundle) if lr is None else lr)
-        records = []
+        lr = float(suggested_lr(self.bundle) if lr is None else lr)
         self._stop.clear()
         with self._lock:
             X, y = self.store.features_and_labels()
             if len(y) == 0:
                 raise BadInputError("no samples yet: add at least one sample before training")
-            if not self._trained:
+            if not self._trained:  # start a linear head's columns at the class means
                 self._values = {k: v.copy() for k, v in self._values.items()}
-                self._imprint(self._values, X, y, range(len(self._columns)))
+                self._cols.imprint(self._values, X, y, range(len(self._columns)))
             trainer = self._trainer(lr)
-            columns = list(self._columns)
-        good = {k: v.copy() for k, v in trainer.values.items()}
-        good_step, rollbacks, stale, best = trainer.step_count, 0, 0, None
-        weights = _balanced_weights(y, len(columns)) if balanced else None
-        size = min(batch_size or 32, len(y))
-        # What divergence is measured against: the fit before training, since a too
-        # large lr can blow up the very first epoch.
-        reference = self._probe_loss(trainer, X, y, weights)
-        reference = reference if np.isfinite(reference) else 0.0
-        scale = {k: float(np.abs(v).max(initial=0.0)) for k, v in good.items()}
-        for epoch in range(1, epochs + 1):
-            if self._stop.is_set():
-                break
-            t0 = time.perf_counter()
+            samples = self._fitting = Samples(X, y, list(self._columns))
+        try:
+            records = fit_epochs(
+                trainer, samples, epochs=epochs, probe=self._probe, follow=self._follow,
+                accept=self._accept, rng=self._rng, stop=self._stop, batch_size=batch_size,
+                balanced=balanced, early_stop=early_stop, patience=patience,
+                min_delta=min_delta, trainable=self._trainable_names, callback=callback)
+        finally:
             with self._lock:
-                if self._columns != columns:  # samples or classes changed while training
-                    X, y = self.store.features_and_labels()
-                    fresh = [i for i, c in enumerate(self._columns) if c not in columns]
-                    trainer.values, _ = self._remap(trainer.values, columns, self._columns)
-                    good, columns = self._remap(good, columns, self._columns)
-                    self._imprint(trainer.values, X, y, fresh)
-                elif epoch > 1 and len(self.store) != len(y):
-                    X, y = self.store.features_and_labels()
-                weights = _balanced_weights(y, len(columns)) if balanced else None
-                size = min(batch_size or 32, len(y))
-            order = self._rng.permutation(len(y))
-            losses = self._run_epoch(trainer, X[order], y[order],
-                                     None if weights is None else weights[order], size)
-            loss = float(np.mean(losses))
-            # An epoch's losses were measured before its updates: how the new parameters
-            # fit the samples decides whether they are accepted (and published).
-            after = self._probe_loss(trainer, X, y, weights)
-            problem = (f"the loss became {loss}" if not np.isfinite(loss) else
-                       _divergence(after, reference, trainer.values, scale,
-                                   self._trainable_names))
-            if problem:
-                rollbacks += 1
-                trainer.values = {k: v.copy() for k, v in good.items()}
-                trainer.step_count = good_step
-                trainer.lr = lr = lr * 0.1
-                record = {"epoch": epoch, "event": "rollback", "loss": loss, "lr": lr,
-                          "message": f"{problem}; rolled back to the last good parameters "
-                                     f"and lowered the learning rate to {lr:.3g}"}
-                warnings.warn(record["message"], RuntimeWarning, stacklevel=2)
-                records.append(record)
-                if callback:
-                    callback(record)
-                if rollbacks >= MAX_ROLLBACKS:
-                    records.append({"epoch": epoch, "event": "stopped",
-                                    "message": f"stopped after {rollbacks} rollbacks"})
-                    if callback:
-                        callback(records[-1])
-                    break
-                continue
-            good = {k: v.copy() for k, v in trainer.values.items()}
-            good_step = trainer.step_count
-            with self._lock:
-                if self._columns == columns:
-                    self._values = good
-                    self.step = good_step
-                    self._trained = True
-                    self._publish()
-            record = {"epoch": epoch, "loss": loss, "lr": lr, "samples": int(len(y)),
-                      "seconds": time.perf_counter() - t0}
-            records.append(record)
-            if callback:
-                callback(record)
-            if best is None or loss < best * (1 - min_delta):
-                best, stale = loss, 0
-            else:
-                stale += 1
-                if early_stop and stale >= patience:
-                    records.append({"epoch": epoch, "event": "early_stop",
-                                    "message": f"loss has not improved for {patience} epochs"})
-                    if callback:
-                        callback(records[-1])
-                    break
+                self._fitting = None
         # The latest records only: a long-running server trains many times.
         self.history = (self.history + records)[-HISTORY_LIMIT:]
         if self._trained:
             self.save()
         return records
 
-    def _probe_loss(self, trainer: GraphTrainer, X, y, weights) -> float:
-        """How well the trainer's current parameters fit all samples, forward only: the
-        weighted cross-entropy of the infer graph's probabilities. A divergence check,
-        not the training loss (whatever loss the bundle trains with)."""
-        feeds = {p["infer_input"]: trainer.values[p["train_input"]] for p in self.bundle.params}
-        probs = np.concatenate([
-            self._infer.run([self._infer_io[1]["probabilities"]],
-                            {self._infer_io[0]["features"]: X[i:i + 256], **feeds})[0]
-            for i in range(0, len(y), 256)])
-        with np.errstate(all="ignore"):
-            picked = np.clip(probs[np.arange(len(y)), y], 1e-30, None)
-            rows = -np.log(picked)
-            w = np.ones(len(y)) if weights is None else weights
-            return float((rows * w).sum() / max(float(w.sum()), 1e-12))
+    def _follow(self, samples: Samples, trainer: GraphTrainer, good: dict):
+        """Before each epoch: take in samples and classes changed while training; a new
+        class's column starts at its class mean."""
+        with self._lock:
+            samples = self._fitting or samples  # rename_class may have renamed its columns
+            if self._columns != samples.columns:
+                X, y = self.store.features_and_labels()
+                fresh = [i for i, c in enumerate(self._columns) if c not in samples.columns]
+                trainer.values, _ = self._cols.remap(trainer.values, samples.columns,
+                                                     self._columns)
+                good, _ = self._cols.remap(good, samples.columns, self._columns)
+                self._cols.imprint(trainer.values, X, y, fresh)
+                samples = self._fitting = Samples(X, y, list(self._columns))
+            elif len(self.store) != len(samples.y):
+                X, y = self.store.features_and_labels()
+                samples = self._fitting = Samples(X, y, samples.columns)
+        return samples, good
 
-    def start_training(self, epochs: int = 50, callback: Callable[[dict], None] | None = None,
-                       **kwargs) -> None:
+    def _accept(self, values: dict, step: int, samples: Samples) -> None:
+        """Publish a good epoch's parameters, unless the classes changed meanwhile."""
+        with self._lock:
+            if self._columns == (self._fitting or samples).columns:
+                self._values = values
+                self.step = step
+                self._trained = True
+                self._publish()
+
+    def _probe(self, values: dict, X, y, weights) -> float:
+        feeds = {p["infer_input"]: values[p["train_input"]] for p in self.bundle.params}
+        names, outputs = self._infer_io
+
+        def probabilities(chunk):
+            return self._infer.run([outputs["probabilities"]],
+                                   {names["features"]: chunk, **feeds})[0]
+
+        return probe_loss(probabilities, X, y, weights)
+
+    def start_training(self, epochs: int = EPOCHS,
+                       callback: Callable[[dict], None] | None = None, **kwargs) -> None:
         """Train in a background thread; predictions keep working meanwhile."""
+        self._writable("train")
         with self._lock:
             if self.is_training:
                 raise EdgetuneError("training is already running; stop_training() first")
@@ -548,6 +504,7 @@ class Personalizer:
     # -- saving and export --
     def save(self) -> Path:
         """Write parameters, optimizer state, step and class table as one atomic checkpoint."""
+        self._writable("save")
         with self._lock:
             tensors = dict(self._values)
             tensors["__step__"] = np.array([self.step], np.int64)
@@ -569,14 +526,7 @@ class Personalizer:
                                    {"edgetune.classes": json.dumps(list(snap.classes)),
                                     "edgetune.input": json.dumps(self._input),
                                     "edgetune.bundle": self._bundle_id})
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(model)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        return target
+        return atomic_write(path, model)
 
     # -- evaluation --
     def evaluate(self, data_dir: str | os.PathLike) -> dict:
@@ -603,8 +553,13 @@ class Personalizer:
                 "skipped_classes": unknown}
 
     def close(self) -> None:
-        self.stop_training()
-        self.store.close()
+        """Stop training, close the store and give the profile's lock up (idempotent)."""
+        if self._thread is not None:
+            self.stop_training()
+        if self.store is not None:
+            self.store.close()
+        if self._writer is not None:
+            self._writer.release()
 
     def __enter__(self):
         return self
@@ -613,52 +568,6 @@ class Personalizer:
         self.close()
 
 
-def _divergence(fit: float, reference: float, values: dict, scale: dict,
-                trainable: Sequence[str]) -> str | None:
-    """Why an epoch diverged, or None: the samples' cross-entropy became non-finite or
-    exploded, or a parameter did."""
-    if not np.isfinite(fit):
-        return f"the loss became {fit}"
-    if fit > EXPLODE_FACTOR * (reference + 1.0):
-        return (f"the cross-entropy on the samples exploded to {fit:.4g} (it was "
-                f"{reference:.4g} before training)")
-    for name in trainable:
-        value = values[name]
-        if not np.isfinite(value).all():
-            return f"parameter {name} became non-finite"
-        peak = float(np.abs(value).max(initial=0.0))
-        if peak > GROWTH_LIMIT * (1.0 + scale[name]):
-            return f"parameter {name} exploded to {peak:.3g} (it was {scale[name]:.3g})"
-    return None
-
-
-def _suggested_lr(bundle: Bundle) -> float:
-    optimizer = bundle.manifest.get("optimizer")
-    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
-    return float(lr) if isinstance(lr, int | float) and lr > 0 else 0.01
-
-
-def _class_axis(shape: Sequence) -> int | None:
-    return shape.index(CLASSES) if CLASSES in shape else None
-
-
-def _resize_classes(value: np.ndarray, axis: int | None, n: int) -> np.ndarray:
-    if axis is None:
-        return np.array(value, np.float32)
-    value = np.moveaxis(np.asarray(value, np.float32), axis, 0)[:n]
-    if len(value) < n:
-        value = np.concatenate([value, np.zeros((n - len(value), *value.shape[1:]), np.float32)])
-    return np.ascontiguousarray(np.moveaxis(value, 0, axis))
-
-
-def _balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Weights so every present class counts equally: n / (classes present * count)."""
-    counts = np.bincount(y, minlength=n_classes).astype(np.float32)
-    present = max(int((counts > 0).sum()), 1)
-    return (len(y) / (present * counts[y])).astype(np.float32)
-
-
 def _check_label(label) -> str:
-    if not isinstance(label, str) or not label.strip():
-        raise BadInputError(f"label {label!r} must be a non-empty string")
-    return label.strip()
+    """User input -> the canonical class name (the one rule: edgetune.names)."""
+    return class_name(label)

@@ -33,6 +33,7 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,12 +42,12 @@ from datetime import datetime, timezone
 import numpy as np
 
 from edgetune.errors import BadInputError, EdgetuneError
+from edgetune.names import class_name
 
 __all__ = ["SampleInfo", "SampleStore"]
 
 _FORMAT = "edgetune.samples"
 _SCHEMA_VERSION = 1
-_MAX_NAME_LENGTH = 200
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
@@ -90,18 +91,27 @@ class SampleStore:
     {'mug': 1}
     """
 
-    def __init__(self, path: str | os.PathLike, feature_shape: Sequence[int] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, feature_shape: Sequence[int] | None = None,
+                 *, read_only: bool = False) -> None:
         """Open or create the store at ``path``.
 
         ``feature_shape`` (e.g. the bundle manifest's ``features.shape``) fixes the shape
         of one feature up front, so a wrong first sample cannot set it; it must equal the
         shape already stored, if any. Without it the first sample fixes the shape.
+        ``read_only``: open an existing store for reading only (it must exist; nothing
+        is created or changed, every write raises EdgetuneError; SQLite may still add
+        its own -wal/-shm files next to it, as any reader of a WAL database does).
         """
         self.path = os.fspath(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
+        if read_only and not os.path.isfile(self.path):
+            raise EdgetuneError(f"no sample store at {self.path} to read")
         try:
             conn = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
+                f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
+                if read_only else self.path,
+                timeout=5.0, isolation_level=None, check_same_thread=False, uri=read_only,
             )
         except sqlite3.Error as e:
             raise EdgetuneError(f"cannot open sample store {self.path}: {e}") from None
@@ -126,6 +136,9 @@ class SampleStore:
 
     def _setup(self) -> None:
         conn = self._db
+        if self.read_only:
+            self._check_format(conn)
+            return
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal" and self.path != ":memory:":
             raise EdgetuneError(f"sample store {self.path}: cannot enable WAL mode (got {mode})")
@@ -155,6 +168,20 @@ class SampleStore:
                         f"sample store {self.path} has schema version {version}; this "
                         f"edgetune reads up to {_SCHEMA_VERSION}: upgrade edgetune"
                     )
+
+    def _check_format(self, conn: sqlite3.Connection) -> None:
+        """Read-only: the file must already be a complete store of a schema this reads."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "classes", "samples"} <= tables:
+            raise EdgetuneError(f"{self.path} is not an edgetune sample store (or was never "
+                                "completed); open it for writing once")
+        fmt, version = self._get_meta("format"), self._get_meta("schema_version") or "0"
+        if fmt != _FORMAT:
+            raise EdgetuneError(f"{self.path} is not an edgetune sample store ({fmt!r})")
+        if not version.isdigit() or int(version) != _SCHEMA_VERSION:
+            raise EdgetuneError(f"sample store {self.path} has schema version {version}; this "
+                                f"edgetune reads version {_SCHEMA_VERSION} (read-only: "
+                                "nothing is migrated)")
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -186,6 +213,8 @@ class SampleStore:
         """All-or-nothing: commits on success, rolls back on any exception."""
         with self._lock:
             conn = self._db
+            if self.read_only:
+                raise EdgetuneError(f"sample store {self.path} is open read-only")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -233,10 +262,11 @@ class SampleStore:
             ) from None
         if not shape or any(d < 1 for d in shape):
             raise BadInputError(f"feature_shape must be positive ints; got {feature_shape!r}")
-        with self._transaction():
+        with self._lock if self.read_only else self._transaction():
             stored = self._get_meta("feature_shape")
             if stored is None:
-                self._set_meta("feature_shape", json.dumps(list(shape)))
+                if not self.read_only:
+                    self._set_meta("feature_shape", json.dumps(list(shape)))
             elif tuple(json.loads(stored)) != shape:
                 raise BadInputError(
                     f"sample store {self.path} holds features of shape "
@@ -474,20 +504,13 @@ def _now() -> str:
 
 
 def _check_name(name: object) -> None:
-    if not isinstance(name, str):
-        raise BadInputError(f"class names must be str; got {type(name).__name__} {name!r}")
-    if not name or not name.strip():
-        raise BadInputError("class name is empty; give the class a name, e.g. 'mug'")
-    if name != name.strip():
+    """The store keeps names canonical (edgetune.names): it refuses, rather than
+    changes, a name that is not (the Personalizer canonicalizes user input first)."""
+    canonical = class_name(name)
+    if canonical != name:
         raise BadInputError(
-            f"class name {name!r} starts or ends with whitespace; did you mean {name.strip()!r}?"
+            f"class name {name!r} starts or ends with whitespace; did you mean {canonical!r}?"
         )
-    if len(name) > _MAX_NAME_LENGTH:
-        raise BadInputError(
-            f"class name is {len(name)} characters long; use at most {_MAX_NAME_LENGTH}"
-        )
-    if any(ord(ch) < 32 for ch in name):
-        raise BadInputError(f"class name {name!r} contains control characters")
 
 
 def _as_float32(features: object, what: str) -> np.ndarray:
