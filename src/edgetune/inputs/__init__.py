@@ -42,6 +42,7 @@ __all__ = [
     "list_class_folder",
     "preparer_for",
     "register",
+    "unknown_kind_message",
     "unregister",
 ]
 
