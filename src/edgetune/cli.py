@@ -111,11 +111,13 @@ def _finish(bar) -> None:
 
 @command("train")
 def cmd_train(args) -> int:
-    from edgetune.inputs.image import list_image_folder
+    from edgetune.bundle import Bundle
+    from edgetune.inputs import preparer_for
     from edgetune.runtime.personalizer import Personalizer
 
-    items = list_image_folder(args.data)
-    with Personalizer(args.bundle, profile=args.profile, wait=args.wait) as p:
+    bundle = Bundle.load(args.bundle)  # the data is listed before the profile is touched
+    items = preparer_for(bundle.manifest["input"]).list_folder(args.data)
+    with Personalizer(bundle, profile=args.profile, wait=args.wait) as p:
         seen = {s.source for s in p.store.samples() if s.source}
         new = [(path, label) for path, label in items if str(path.resolve()) not in seen]
         bar = _progress(args, len(new), "features")
@@ -248,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--json", action="store_true")
 
-    p = add("train", help="add a folder of images to a profile and train")
+    p = add("train", help="add a folder of samples to a profile and train")
     p.add_argument("bundle", help="the bundle (copied into the profile the first time)")
-    p.add_argument("--data", required=True, help="DIR/<class>/<image> folders")
+    p.add_argument("--data", required=True, help="DIR/<class>/<file> folders")
     p.add_argument("--profile", default=None, help=PROFILE_HELP)
     p.add_argument("--epochs", type=int, default=defaults.EPOCHS,
                    help="at most this many epochs (training stops early on a plateau)")
@@ -266,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--json", action="store_true")
 
-    p = add("predict", help="classify images with a profile")
+    p = add("predict", help="classify inputs with a profile")
     p.add_argument("--profile", default=None, help=PROFILE_HELP)
     p.add_argument("images", nargs="+")
     p.add_argument("--json", action="store_true")

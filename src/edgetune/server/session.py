@@ -13,7 +13,6 @@ from pathlib import Path
 
 from edgetune.defaults import EPOCHS
 from edgetune.errors import BadInputError, EdgetuneError
-from edgetune.inputs.image import load_image
 from edgetune.runtime.personalizer import Personalizer
 from edgetune.server.api import DAMAGED, ApiError, clean
 from edgetune.server.hub import Hub
@@ -111,7 +110,7 @@ class Studio:
     def predict(self, image) -> dict:
         t0 = time.perf_counter()
         if not any(self.p.counts().values()):
-            load_image(image, min_size=self.p.min_image_size)  # still say when it is no image
+            self.p.preparer.check(image)  # still say when the input is unusable
             return {"type": "prediction", "label": None, "scores": {}, "source": None,
                     "message": "no samples yet: record or add images for a class"}
         result = self.p.predict(image)
