@@ -11,8 +11,10 @@ sample::
         pixels = prepare("mug.jpg", (224, 224))      # uint8 [224, 224, 3], RGB
         store.add(base_features(pixels[None])[0], "mug")
 
-Modules: :mod:`.errors`, :mod:`.images`, :mod:`.store`, :mod:`.checkpoint`,
-:mod:`.prototypes`. The ``Personalizer`` that combines them is added separately.
+Modules: :mod:`.store`, :mod:`.checkpoint`, :mod:`.prototypes`, :mod:`.trainer`
+(runs the training graphs), :mod:`.fitting` (the fit loop), :mod:`.columns` (class
+columns), :mod:`.lock` (one writer per profile), :mod:`.export`; the ``Personalizer``
+(:mod:`.personalizer`) combines them.
 """
 
 from edgetune.errors import (

@@ -7,6 +7,7 @@ the head lives on, so the columns follow the class names:
     columns = ClassColumns(bundle)
     values = columns.fresh(n_classes)                    # initial values, resized
     values, names = columns.remap(values, names, new)    # reorder by name; new ones zero
+    values, names = columns.restore(checkpoint, classes) # a checkpoint's, checked
     columns.imprint(values, X, y, fresh=[3])             # column 3 starts at its class mean
 
 Which parameters are the head's class weight and bias (for imprinting) is the
@@ -16,11 +17,13 @@ back to parameters named ``head.weight`` / ``head.bias``, else imprinting is ski
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from edgetune.bundle import Bundle
+from edgetune.errors import IncompatibleCheckpointError
 from edgetune.runtime.prototypes import imprint_weights
 
 __all__ = ["CLASSES", "ClassColumns", "class_axis", "resize_classes"]
@@ -80,6 +83,23 @@ class ClassColumns:
                     np.moveaxis(new, axis, 0)[j] = np.moveaxis(value, axis, 0)[index[cls]]
             out[name] = new
         return out, list(classes)
+
+    def restore(self, ckpt, classes: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Parameters and state from a checkpoint (its meta `classes` names the columns),
+        remapped to `classes`; IncompatibleCheckpointError if they do not fit."""
+        names = list(self.axis)
+        missing = [n for n in names if n not in ckpt.tensors]
+        if missing:
+            raise IncompatibleCheckpointError(f"checkpoint {ckpt.path} lacks {missing}")
+        columns = json.loads(ckpt.meta.get("classes", "[]"))
+        values = {n: ckpt.tensors[n] for n in names}
+        for name, value in values.items():
+            axis = self.axis[name]
+            if axis is not None and value.shape[axis] != len(columns):
+                raise IncompatibleCheckpointError(
+                    f"checkpoint {ckpt.path}: {name} has {value.shape[axis]} class columns but "
+                    f"the checkpoint lists {len(columns)} classes")
+        return self.remap(values, columns, classes)
 
     @property
     def can_imprint(self) -> bool:

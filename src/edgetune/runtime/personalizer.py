@@ -40,7 +40,7 @@ from edgetune.runtime.fitting import Samples, fit_epochs, probe_loss, suggested_
 from edgetune.runtime.lock import ProfileLock
 from edgetune.runtime.prototypes import PrototypeClassifier
 from edgetune.runtime.store import SampleStore
-from edgetune.runtime.trainer import GraphTrainer, make_session
+from edgetune.runtime.trainer import GraphTrainer, bundle_session
 
 # Images per base call: activations of 16 at once double the peak memory (336 vs
 # 190 MiB for EfficientNet-Lite0) and are no faster (bench/personalize.py).
@@ -176,45 +176,17 @@ class Personalizer:
             raise IncompatibleCheckpointError(
                 f"checkpoint {ckpt.path} was written for another bundle; move it away or use "
                 f"a new profile")
-        names = [s["train_input"] for s in self.bundle.params + self.bundle.state]
-        missing = [n for n in names if n not in ckpt.tensors]
-        if missing:
-            raise IncompatibleCheckpointError(f"checkpoint {ckpt.path} lacks {missing}")
-        columns = json.loads(meta.get("classes", "[]"))
-        values = {n: ckpt.tensors[n] for n in names}
-        for name, value in values.items():
-            axis = self._cols.axis[name]
-            if axis is not None and value.shape[axis] != len(columns):
-                raise IncompatibleCheckpointError(
-                    f"checkpoint {ckpt.path}: {name} has {value.shape[axis]} class columns but "
-                    f"the checkpoint lists {len(columns)} classes")
+        values, columns = self._cols.restore(ckpt, classes)
         step = int(ckpt.tensors.get("__step__", np.zeros(1, np.int64))[0])
-        values, columns = self._cols.remap(values, columns, classes)
         return values, columns, meta.get("trained") == "1", step
 
-    # -- class columns --
     def _publish(self) -> None:
         params = {p["infer_input"]: self._values[p["train_input"]] for p in self.bundle.params}
         self._snapshot = _Snapshot(params, tuple(self._columns), self._trained)
 
     # -- samples --
     def _session(self, role: str, inputs: Sequence[str] = (), outputs: Sequence[str] = ()):
-        """An onnxruntime session for a bundle graph whose tensor names match the manifest;
-        any mismatch or onnxruntime refusal is a BundleError naming the graph."""
-        roles_in, roles_out = self.bundle.io(role)
-        try:
-            session = make_session(self.bundle.graph(role), self._threads)
-        except Exception as e:  # onnxruntime raises many types for a broken graph
-            raise BundleError(f"graph {role!r} of the bundle cannot be loaded by onnxruntime: "
-                              f"{type(e).__name__}: {e}") from None
-        have_in = {i.name for i in session.get_inputs()}
-        have_out = {o.name for o in session.get_outputs()}
-        missing = sorted((set(roles_in.values()) | set(inputs)) - have_in) + sorted(
-            (set(roles_out.values()) | set(outputs)) - have_out)
-        if missing:
-            raise BundleError(f"graph {role!r} of the bundle has no tensors {missing} that "
-                              f"its manifest names; rebuild the bundle")
-        return session
+        return bundle_session(self.bundle, role, self._threads, inputs, outputs)
 
     def _base_session(self):
         if self._base is None:

@@ -42,6 +42,28 @@ def make_session(model: bytes | str | ort.InferenceSession,
     return session
 
 
+def bundle_session(bundle, role: str, threads: int | None = None, inputs=(),
+                   outputs=()) -> ort.InferenceSession:
+    """A session for a bundle graph whose tensor names match the manifest (and `inputs`,
+    `outputs`); any mismatch or onnxruntime refusal is a BundleError naming the graph."""
+    from edgetune.errors import BundleError
+
+    roles_in, roles_out = bundle.io(role)
+    try:
+        session = make_session(bundle.graph(role), threads)
+    except Exception as e:  # onnxruntime raises many types for a broken graph
+        raise BundleError(f"graph {role!r} of the bundle cannot be loaded by onnxruntime: "
+                          f"{type(e).__name__}: {e}") from None
+    have_in = {i.name for i in session.get_inputs()}
+    have_out = {o.name for o in session.get_outputs()}
+    missing = sorted((set(roles_in.values()) | set(inputs)) - have_in) + sorted(
+        (set(roles_out.values()) | set(outputs)) - have_out)
+    if missing:
+        raise BundleError(f"graph {role!r} of the bundle has no tensors {missing} that "
+                          f"its manifest names; rebuild the bundle")
+    return session
+
+
 def initial_train_values(bundle) -> dict[str, np.ndarray]:
     """train-graph input name -> value: the bundle's initial parameters, zero optimizer
     state (each slot shaped like its parameter)."""
