@@ -296,3 +296,25 @@ def test_feature_shape_fixed_up_front(db):
         SampleStore(db, feature_shape=(8,))
     with pytest.raises(BadInputError, match="positive"):
         SampleStore(db, feature_shape=(0,))
+
+
+def test_read_only_store_reads_and_refuses_every_write(tmp_path, db):
+    with pytest.raises(EdgetuneError, match="no sample store"):
+        SampleStore(tmp_path / "none.sqlite", read_only=True)
+    assert not (tmp_path / "none.sqlite").exists()
+    with SampleStore(db, feature_shape=(4,)) as s:
+        s.add(np.ones((2, 4), np.float32), ["mug", "cup"])
+    with SampleStore(db, feature_shape=(4,), read_only=True) as r:
+        assert r.counts() == {"mug": 1, "cup": 1}
+        X, y = r.features_and_labels()
+        assert X.shape == (2, 4) and list(y) == [0, 1]
+        for write in (lambda: r.add(np.ones(4, np.float32), "mug"),
+                      lambda: r.add_class("plate"), lambda: r.rename_class("mug", "m"),
+                      lambda: r.remove_class("mug"), lambda: r.set_meta("k", "v")):
+            with pytest.raises(EdgetuneError, match="read-only"):
+                write()
+        with pytest.raises(BadInputError, match="holds features of shape"):
+            SampleStore(db, feature_shape=(5,), read_only=True)
+    sqlite3.connect(tmp_path / "other.sqlite").execute("CREATE TABLE t(x)").connection.close()
+    with pytest.raises(EdgetuneError, match="not an edgetune sample store"):
+        SampleStore(tmp_path / "other.sqlite", read_only=True)
