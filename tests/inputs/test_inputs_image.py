@@ -267,7 +267,7 @@ def test_real_large_png_over_a_small_limit(tmp_path):
 
 def test_too_small_image(tmp_path, chelsea):
     tiny = np.ascontiguousarray(chelsea[:9, :12])
-    with pytest.raises(BadInputError, match="image is 12x9; need at least 32x32 pixels"):
+    with pytest.raises(BadInputError, match="image is 12x9; need at least 16x16 pixels"):
         load_image(tiny)
     p = _save(tmp_path, "tiny.png", Image.fromarray(tiny))
     with pytest.raises(BadInputError, match=r"tiny\.png: image is 12x9"):

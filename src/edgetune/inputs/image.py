@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from edgetune.defaults import MIN_IMAGE_SIZE
 from edgetune.errors import BadInputError
 from edgetune.inputs import Preparer, list_class_folder
 
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: Images smaller than this (either side, in pixels) are rejected.
-DEFAULT_MIN_SIZE = 32
+DEFAULT_MIN_SIZE = MIN_IMAGE_SIZE  # one value for the API, the CLI and the server
 #: Images with more pixels than this are rejected before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 40_000_000
 #: File extensions :func:`list_image_folder` treats as images (lower case).
