@@ -27,8 +27,8 @@ SRC = Path(edgetune.__file__).parent
 FORBIDDEN_ON_DEVICE = ("torch", "tensorflow", "onnx", "onnxscript", "onnx_ir")
 
 SHARED = ("edgetune", "edgetune.bundle", "edgetune.errors", "edgetune.onnx_scan",
-          "edgetune.hyperparams", "edgetune.inputs", "edgetune.files", "edgetune.paths", "edgetune.names",
-          "edgetune.defaults")
+          "edgetune.hyperparams", "edgetune.inputs", "edgetune.files", "edgetune.paths",
+          "edgetune.names", "edgetune.defaults")
 # layer -> the layers it may import (besides itself)
 ALLOWED = {
     "shared": set(),
