@@ -245,6 +245,39 @@ class CheckpointDir:
             )
         return None
 
+    def entries(self) -> list[dict]:
+        """Every checkpoint file, oldest first: ``{"number", "path", "bytes", "verified",
+        "meta"}`` (meta is the caller's metadata, empty when the file does not verify;
+        ``"error"`` says why it does not)."""
+        out = []
+        for path in self.paths():
+            entry = {"number": self._number(path), "path": path,
+                     "bytes": path.stat().st_size, "verified": True, "meta": {}}
+            try:
+                entry["meta"] = load_checkpoint(path)[1]
+            except (CorruptCheckpointError, IncompatibleCheckpointError, OSError) as e:
+                entry.update(verified=False, error=str(e))
+            out.append(entry)
+        return out
+
+    def restore(self, number: int) -> Path:
+        """Make checkpoint ``number`` the newest again: its verified bytes are written
+        atomically as the next numbered checkpoint. Nothing is deleted (the checkpoints
+        after it stay, to be restored in turn); the next save() prunes as usual."""
+        with self._lock:
+            existing = {self._number(p): p for p in self.paths()}
+            if number not in existing:
+                known = ", ".join(map(str, existing)) or "none"
+                raise BadInputError(f"no checkpoint {number} in {self.directory}; "
+                                    f"there are: {known}")
+            source = existing[number]
+            data = source.read_bytes()
+            load_checkpoint(source)  # a damaged checkpoint is never made the newest
+            target = self.directory / f"ckpt-{max(existing) + 1:06d}.safetensors"
+            _atomic_write(target, data)
+            load_checkpoint(target)
+            return target
+
     def _remove_stale_temp_files(self) -> None:
         # `.ckpt-N.safetensors.XXXX.tmp` (edgetune.files) and older `.tmp-PID-XXXX` names
         for p in self.directory.glob(".ckpt-*.tmp*"):

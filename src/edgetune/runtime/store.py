@@ -47,7 +47,8 @@ from edgetune.names import class_name
 __all__ = ["SampleInfo", "SampleStore"]
 
 _FORMAT = "edgetune.samples"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: samples.sha256 (the content hash of the source file)
+_READABLE_VERSIONS = (1, 2)  # a read-only open reads an old store as it is
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
@@ -66,9 +67,13 @@ _SCHEMA = (
         features   BLOB NOT NULL,            -- little-endian float32, C order
         shape      TEXT NOT NULL,            -- JSON list, e.g. [1280]
         created_at TEXT NOT NULL,            -- ISO 8601, UTC
-        source     TEXT                      -- optional note, e.g. a file name
+        source     TEXT,                     -- optional note, e.g. a file name
+        sha256     TEXT                      -- optional: sha256 of the source file's bytes
     )""",
+)
+_INDEXES = (
     "CREATE INDEX IF NOT EXISTS samples_by_class ON samples(class_id)",
+    "CREATE INDEX IF NOT EXISTS samples_by_sha256 ON samples(sha256)",
 )
 
 
@@ -80,6 +85,7 @@ class SampleInfo:
     label: str
     created_at: str
     source: str | None
+    sha256: str | None = None  # of the source file's bytes, when the caller gave it
 
 
 class SampleStore:
@@ -105,6 +111,7 @@ class SampleStore:
         self.path = os.fspath(path)
         self.read_only = read_only
         self._lock = threading.RLock()
+        self._has_sha256 = True  # False for an old (schema 1) store opened read-only
         if read_only and not os.path.isfile(self.path):
             raise EdgetuneError(f"no sample store at {self.path} to read")
         try:
@@ -168,6 +175,20 @@ class SampleStore:
                         f"sample store {self.path} has schema version {version}; this "
                         f"edgetune reads up to {_SCHEMA_VERSION}: upgrade edgetune"
                     )
+                self._migrate(conn)
+            for statement in _INDEXES:
+                conn.execute(statement)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring an older store up to this schema, in the caller's transaction.
+        1 -> 2: samples get a nullable sha256 column (old samples have none)."""
+        if not self._columns(conn, "samples") >= {"sha256"}:
+            conn.execute("ALTER TABLE samples ADD COLUMN sha256 TEXT")
+        self._set_meta("schema_version", str(_SCHEMA_VERSION))
+
+    @staticmethod
+    def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+        return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
     def _check_format(self, conn: sqlite3.Connection) -> None:
         """Read-only: the file must already be a complete store of a schema this reads."""
@@ -178,10 +199,11 @@ class SampleStore:
         fmt, version = self._get_meta("format"), self._get_meta("schema_version") or "0"
         if fmt != _FORMAT:
             raise EdgetuneError(f"{self.path} is not an edgetune sample store ({fmt!r})")
-        if not version.isdigit() or int(version) != _SCHEMA_VERSION:
+        if not version.isdigit() or int(version) not in _READABLE_VERSIONS:
             raise EdgetuneError(f"sample store {self.path} has schema version {version}; this "
-                                f"edgetune reads version {_SCHEMA_VERSION} (read-only: "
-                                "nothing is migrated)")
+                                f"edgetune reads versions {list(_READABLE_VERSIONS)} "
+                                "(read-only: nothing is migrated)")
+        self._has_sha256 = "sha256" in self._columns(conn, "samples")
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -370,13 +392,15 @@ class SampleStore:
         label: str | Sequence[str],
         *,
         source: str | Sequence[str | None] | None = None,
+        sha256: str | Sequence[str | None] | None = None,
     ) -> list[int]:
         """Store samples and return their ids; all-or-nothing in one transaction.
 
         ``label`` a ``str``: ``features`` is ONE sample (e.g. ``[F]``). ``label`` a list of
         ``n`` names: ``features`` is ``[n, F]`` (``[n, *feature_shape]``). Unknown class
         names are created, in order of first appearance. ``source`` is an optional note
-        per sample (e.g. the file name). Features must be finite floats; they are
+        per sample (e.g. the file name), ``sha256`` the hash of its bytes (so a
+        re-run can recognize a file that moved). Features must be finite floats; they are
         stored as float32 and must all have the shape of the first stored sample.
         """
         if isinstance(label, str):
@@ -393,6 +417,7 @@ class SampleStore:
         for name in labels:
             _check_name(name)
         sources = _sources(source, len(labels))
+        hashes = _sources(sha256, len(labels))
         if batch.shape[0] == 0:
             return []
         shape = tuple(int(d) for d in batch.shape[1:])
@@ -434,9 +459,9 @@ class SampleStore:
             le = batch.astype("<f4", copy=False)
             for i, name in enumerate(labels):
                 cur = conn.execute(
-                    "INSERT INTO samples(class_id, features, shape, created_at, source) "
-                    "VALUES(?, ?, ?, ?, ?)",
-                    (class_ids[name], le[i].tobytes(), shape_json, now, sources[i]),
+                    "INSERT INTO samples(class_id, features, shape, created_at, source, sha256) "
+                    "VALUES(?, ?, ?, ?, ?, ?)",
+                    (class_ids[name], le[i].tobytes(), shape_json, now, sources[i], hashes[i]),
                 )
                 ids.append(int(cur.lastrowid))
         return ids
@@ -448,14 +473,30 @@ class SampleStore:
             if cur.rowcount == 0:
                 raise BadInputError(f"no sample with id {sample_id} in {self.path}")
 
+    def annotate(self, ids: Sequence[int], *, source: Sequence[str | None] | None = None,
+                 sha256: Sequence[str | None] | None = None) -> None:
+        """Set the source and/or content hash of stored samples, in one transaction
+        (for samples added without them, e.g. through a caller that knows no hash)."""
+        ids = [int(i) for i in ids]
+        columns = [(name, _sources(values, len(ids))) for name, values
+                   in (("source", source), ("sha256", sha256)) if values is not None]
+        with self._transaction() as conn:
+            for name, values in columns:
+                for sample_id, value in zip(ids, values):
+                    cur = conn.execute(f"UPDATE samples SET {name}=? WHERE id=?",
+                                       (value, sample_id))
+                    if cur.rowcount == 0:
+                        raise BadInputError(f"no sample with id {sample_id} in {self.path}")
+
     def samples(self) -> list[SampleInfo]:
         """All samples (without features), oldest first."""
+        sha = "s.sha256" if self._has_sha256 else "NULL"
         with self._lock:
             rows = self._db.execute(
-                "SELECT s.id, c.name, s.created_at, s.source FROM samples s "
+                f"SELECT s.id, c.name, s.created_at, s.source, {sha} FROM samples s "
                 "JOIN classes c ON c.id = s.class_id ORDER BY s.id"
             ).fetchall()
-        return [SampleInfo(int(i), n, t, src) for i, n, t, src in rows]
+        return [SampleInfo(int(i), n, t, src, h) for i, n, t, src, h in rows]
 
     def features_and_labels(self) -> tuple[np.ndarray, np.ndarray]:
         """All samples, oldest first: ``X`` float32 ``[n, *feature_shape]``, ``y`` int64 ``[n]``.
@@ -533,8 +574,9 @@ def _sources(source: str | Iterable[str | None] | None, n: int) -> list[str | No
         return [source] * n
     out = list(source)
     if len(out) != n:
-        raise BadInputError(f"got {len(out)} sources for {n} samples; pass one per sample")
+        raise BadInputError(f"got {len(out)} values for {n} samples; pass one per sample")
     for s in out:
         if s is not None and not isinstance(s, str):
-            raise BadInputError(f"sources must be str or None; got {type(s).__name__}")
+            raise BadInputError(f"sources and hashes must be str or None; got "
+                                f"{type(s).__name__}")
     return out
