@@ -46,6 +46,9 @@ from edgetune.runtime.trainer import GraphTrainer, bundle_session
 # 190 MiB for EfficientNet-Lite0) and are no faster (bench/personalize.py).
 BASE_BATCH = 4
 HISTORY_LIMIT = 1000  # epoch records kept in Personalizer.history
+FP32 = "fp32"
+BASE_ROLES = {FP32: "base", "int8": "base_int8"}  # precision -> the base graph's role
+PRECISION_META = "precision"  # the sample store's record of its features' precision
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,21 @@ class Personalizer:
     once), True (wait until it is free) or at most that many seconds. read_only: take
     no lock, create and change nothing (predict, evaluate and export work; every
     change raises EdgetuneError); the profile must already exist.
+
+    precision: which base computes features, predictions and the exported model: "fp32"
+    (graph `base`) or "int8" (graph `base_int8`, in bundles made with `--quantize`).
+    A profile records its precision when first opened (fp32 unless asked); None uses
+    the recorded one. Cached features are only valid for the base that computed them,
+    so asking a profile that has samples for the other precision is an error.
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
                  profile: str | os.PathLike = "profile", *, threads: int | None = None,
                  seed: int = 0, min_image_size: int = MIN_IMAGE_SIZE, read_only: bool = False,
-                 wait: bool | float = False):
+                 wait: bool | float = False, precision: str | None = None):
+        if precision is not None and precision not in BASE_ROLES:
+            raise BadInputError(f"precision is {precision!r}; it must be one of "
+                                f"{sorted(BASE_ROLES)} (or None: the profile's own)")
         self.min_image_size = min_image_size
         self.profile = Path(profile)
         self.read_only = bool(read_only)
@@ -90,12 +102,12 @@ class Personalizer:
             self.profile.mkdir(parents=True, exist_ok=True)
             self._writer = ProfileLock(self.profile).acquire(wait)
         try:
-            self._open(bundle, threads, seed)
+            self._open(bundle, threads, seed, precision)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, bundle, threads: int | None, seed: int) -> None:
+    def _open(self, bundle, threads: int | None, seed: int, precision: str | None) -> None:
         self.bundle = self._open_bundle(bundle)
         manifest = self.bundle.manifest
         self._bundle_id = sha256(json.dumps(manifest, sort_keys=True).encode())
@@ -103,6 +115,7 @@ class Personalizer:
         self._input = manifest["input"]
         self.preparer = preparer_for(self._input, min_image_size=self.min_image_size)
         self.store = self._open_store()
+        self._precision = self._open_precision(precision)
         self.checkpoints = CheckpointDir(self.profile / "checkpoints")
         self._threads = threads
         self._rng = np.random.default_rng(seed)
@@ -160,6 +173,36 @@ class Personalizer:
                               f"with its own bundle or use a new profile")
         return store
 
+    def _open_precision(self, asked: str | None) -> str:
+        """The profile's precision: the recorded one (profiles from before precisions
+        were recorded hold fp32 features), or `asked`, recorded for a new profile."""
+        recorded = self.store.get_meta(PRECISION_META)
+        current = recorded or FP32
+        precision = asked or current
+        if precision != current and len(self.store):
+            raise BadInputError(
+                f"profile {self.profile} holds {len(self.store)} samples whose features were "
+                f"computed by the {current} base; they cannot be mixed with {precision} "
+                f"features. Open it with precision {current!r} (or without a precision), use a "
+                f"new profile for {precision}, or remove its samples and add them again")
+        if not self.bundle.has_graph(BASE_ROLES[precision]):
+            raise BundleError(f"precision {precision!r} needs the bundle's "
+                              f"{BASE_ROLES[precision]!r} graph, which this bundle has not: "
+                              f"rebuild it with `edgetune convert ... --quantize CALIB_DIR` "
+                              f"(convert(..., quantize=CALIB_DIR))")
+        if precision != recorded and not self.read_only:
+            self.store.set_meta(PRECISION_META, precision)
+        return precision
+
+    @property
+    def precision(self) -> str:
+        """"fp32" or "int8": the base that computes this profile's features."""
+        return self._precision
+
+    @property
+    def _base_role(self) -> str:
+        return BASE_ROLES[self._precision]
+
     def _writable(self, what: str) -> None:
         if self.read_only:
             raise EdgetuneError(f"profile {self.profile} is open read-only: cannot {what}; "
@@ -190,8 +233,8 @@ class Personalizer:
 
     def _base_session(self):
         if self._base is None:
-            self._base = self._session("base")
-            self.bundle.release("base")  # the session has its weights; export reads it again
+            self._base = self._session(self._base_role)
+            self.bundle.release(self._base_role)  # the session has its weights; export reads it
         return self._base
 
     def _to_input(self, item) -> np.ndarray:
@@ -204,7 +247,7 @@ class Personalizer:
         batch = [self._to_input(item) for item in images]
         if not batch:
             return np.zeros((0, *self.features_shape), np.float32)
-        inputs, outputs = self.bundle.io("base")
+        inputs, outputs = self.bundle.io(self._base_role)
         session = self._base_session()
         parts = [session.run([outputs["features"]],
                              self.preparer.feeds(np.stack(batch[i:i + BASE_BATCH]), inputs))[0]
@@ -492,12 +535,14 @@ class Personalizer:
         snap = self._snapshot
         if not snap.trained:
             raise EdgetuneError("nothing trained yet: fit() before exporting")
-        model = compose_standalone(self.bundle.graph("base"), self.bundle.graph("infer"),
-                                   self.bundle.io("base")[1]["features"],
+        role = self._base_role
+        model = compose_standalone(self.bundle.graph(role), self.bundle.graph("infer"),
+                                   self.bundle.io(role)[1]["features"],
                                    self._infer_io[0]["features"], snap.params,
                                    {"edgetune.classes": json.dumps(list(snap.classes)),
                                     "edgetune.input": json.dumps(self._input),
-                                    "edgetune.bundle": self._bundle_id})
+                                    "edgetune.bundle": self._bundle_id,
+                                    "edgetune.precision": self._precision})
         return atomic_write(path, model)
 
     # -- evaluation --
