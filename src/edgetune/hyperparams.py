@@ -9,10 +9,9 @@ import numbers
 
 from edgetune.errors import BadInputError
 
-__all__ = ["MAX_BATCH_SIZE", "MAX_CLASSES", "MAX_EPOCHS", "MAX_LR", "check_batch_size",
+__all__ = ["MAX_BATCH_SIZE", "MAX_CLASSES", "MAX_EPOCHS", "check_batch_size",
            "check_classes", "check_epochs", "check_lr", "check_non_negative"]
 
-MAX_LR = 10.0  # above this no optimizer of edgetune converges on normalized features
 MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 1 << 20
 MAX_CLASSES = 100_000
@@ -25,14 +24,12 @@ def _number(name: str, value) -> float:
 
 
 def check_lr(value, name: str = "learning rate") -> float:
-    """A finite learning rate in (0, MAX_LR]."""
+    """A finite learning rate above 0. (A huge one is allowed: training rolls back and
+    keeps the best parameters, and says that nothing improved.)"""
     lr = _number(name, value)
     if not math.isfinite(lr) or lr <= 0:
         raise BadInputError(f"{name} is {value!r}; it must be a finite number above 0, "
                             f"e.g. 0.001")
-    if lr > MAX_LR:
-        raise BadInputError(f"{name} is {value!r}; above {MAX_LR:g} training only diverges. "
-                            f"Use e.g. 0.001 (Adam) or 0.01 (SGD)")
     return lr
 
 

@@ -175,7 +175,7 @@ def _photos():
     return list(pixels), [CLASSES[i] for i in labels]
 
 
-@pytest.mark.parametrize("lr", [1e6, float("nan"), float("inf")])
+@pytest.mark.parametrize("lr", [1e6, 1e30])
 @pytest.mark.parametrize("batch_size", [None, 4], ids=["full-batch", "batch-4"])
 def test_a_diverging_learning_rate_rolls_back_reports_and_predictions_stay_finite(
         bundle, tmp_path, lr, batch_size):
@@ -189,10 +189,11 @@ def test_a_diverging_learning_rate_rolls_back_reports_and_predictions_stay_finit
                         callback=events.append)
     rollbacks = [r for r in history if r.get("event") == "rollback"]
     assert len(rollbacks) == 3 and all(r in events for r in rollbacks)
-    assert history[-1]["event"] == "stopped" and "3 rollbacks" in history[-1]["message"]
+    assert history[-2]["event"] == "stopped" and "3 rollbacks" in history[-2]["message"]
+    assert history[-1]["event"] == "kept" and not history[-1]["improved"]
     assert all(any(why in r["message"] for why in ("loss became", "exploded", "non-finite"))
                for r in rollbacks)
-    assert [r["lr"] for r in rollbacks][-1] < 1e6 or not np.isfinite(lr)
+    assert [r["lr"] for r in rollbacks][-1] < lr
     assert all(np.isfinite(v).all() for v in _params(p).values())
     answers = p.predict_many(samples)
     assert all(r["source"] == "head" and _all_finite(r) for r in answers)
@@ -201,6 +202,20 @@ def test_a_diverging_learning_rate_rolls_back_reports_and_predictions_stay_finit
     reopened = Personalizer(profile=tmp_path / "p", threads=1, min_image_size=SIZE)
     assert reopened.predict_many(samples) == answers
     reopened.close()
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -1.0, 0.0])
+def test_a_learning_rate_that_is_not_finite_and_positive_is_refused_before_training(
+        bundle, tmp_path, lr):
+    p = Personalizer(bundle, profile=tmp_path / "p", threads=1, min_image_size=SIZE)
+    samples, names = _photos()
+    p.add_samples(samples, names)
+    try:
+        with pytest.raises(BadInputError, match="learning rate"):
+            p.fit(epochs=3, lr=lr)
+        assert not p.trained and p.checkpoints.latest() is None
+    finally:
+        p.close()
 
 
 @pytest.mark.parametrize("batch_size", [None, 4], ids=["full-batch", "batch-4"])
@@ -232,6 +247,6 @@ def test_a_diverging_first_fit_keeps_predictions_finite(bundle, tmp_path):
         warnings.simplefilter("ignore", RuntimeWarning)
         history = p.fit(epochs=6, lr=1e6, early_stop=False)
     assert [r.get("event") for r in history].count("rollback") == 3
-    assert history[-1]["event"] == "stopped"
+    assert history[-2]["event"] == "stopped" and history[-1]["event"] == "kept"
     assert all(_all_finite(r) for r in p.predict_many(samples))
     p.close()

@@ -133,8 +133,9 @@ def test_training_stops_early_when_the_loss_plateaus(person, photos):
     images, labels = photos
     person.add_samples(list(images), _named(labels))
     history = person.fit(epochs=500, patience=3, min_delta=0.05)
-    assert history[-1]["event"] == "early_stop"
-    assert history[-1]["epoch"] < 500
+    assert history[-2]["event"] == "early_stop" and "converged" in history[-2]["message"]
+    assert history[-2]["epoch"] < 500
+    assert history[-1]["event"] == "kept" and history[-1]["improved"]
 
 
 def test_a_diverging_learning_rate_rolls_back_and_says_so(person, photos):

@@ -73,16 +73,18 @@ def test_imprinting_finds_the_class_parameters_by_the_manifest(tiny, tmp_path, d
     X, labels = _features()
     with Personalizer(bundle, profile=tmp_path / "me", threads=1) as p:
         p.add_features(X, labels)
-        p.fit(epochs=1, lr=1e-9, early_stop=False)  # the first epoch barely moves them
-        got = np.array([[r["scores"][c] for c in CLASSES] for r in p.predict_features(X)])
+        kept = p.fit(epochs=1, lr=1e-9, early_stop=False)[-1]
     y = np.repeat(np.arange(3), 6)
     W, b = imprint_weights(X, y, 3)  # [F, C], [C]: the class means
     imprinted = _softmax(X @ W + b)
+    # The fit's starting objective is the cross-entropy of where training started.
+    assert kept["event"] == "kept"
     if declare:  # training started from the class means
-        np.testing.assert_allclose(got, imprinted, atol=1e-4)
-        assert (got.argmax(1) == y).all()
+        expected = float(-np.log(imprinted[np.arange(len(y)), y]).mean())
+        assert kept["start"] == pytest.approx(expected, rel=1e-4)
+        assert (imprinted.argmax(1) == y).all()
     else:  # no parameter is known to be the class weight: nothing is imprinted
-        assert np.abs(got - imprinted).max() > 1e-2
+        assert kept["start"] == pytest.approx(np.log(3), rel=1e-4)
 
 
 def test_the_default_bundle_names_its_class_parameters(tiny):

@@ -1,15 +1,27 @@
-"""The fit loop: epochs over the cached features, with rollback and early stopping.
+"""The fit loop: epochs over the cached features, keeping the best parameters seen.
 
-    records = fit_epochs(trainer, Samples(X, y, columns), epochs=20, probe=probe,
+    records = fit_epochs(trainer, Samples(X, y, columns), epochs=100, probe=probe,
                          follow=follow, accept=accept, rng=rng, stop=stop)
 
-Each epoch runs the bundle's training graphs over the samples in a random order. Its
-new parameters are accepted (handed to `accept`, which publishes them) only if the
-samples still fit: a non-finite or exploding cross-entropy (`probe`) or parameter
-rolls back to the last accepted parameters and lowers the learning rate tenfold, and
-says so in a record (`"event": "rollback"`). Training stops early when the loss has
-not improved for `patience` epochs. `follow` lets the owner bring the samples and the
-class columns up to date before each epoch (samples or classes added meanwhile).
+Each epoch runs the bundle's training graphs over the samples in a random order, then
+measures the **objective**: the class-balanced cross-entropy of the head's
+probabilities on all of the user's samples (`probe`). Why this criterion: the user has
+no held-out set to spare (tens of samples), it is what every head is trained to lower,
+it is the same for every head and loss, and for the convex head problem its plateau
+means convergence.
+
+- The best parameters seen, the starting ones included, are what the fit keeps: a fit
+  never ends with parameters that fit the samples worse than those it started from.
+  They are handed to `accept` (which publishes them) whenever they improve.
+- A non-finite or exploding objective or parameter rolls back to the best parameters
+  and lowers the learning rate tenfold (`"event": "rollback"`).
+- Training stops when the objective has improved by less than `min_delta` (relative)
+  over `patience` epochs (`"event": "early_stop"`: converged).
+- The last record is `"event": "kept"`: which epoch's parameters were kept (0: the
+  starting ones), their objective and the starting objective.
+
+`follow` lets the owner bring the samples and the class columns up to date before each
+epoch (samples or classes added meanwhile).
 """
 
 from __future__ import annotations
@@ -25,13 +37,15 @@ import numpy as np
 from edgetune.bundle import Bundle
 from edgetune.runtime.trainer import GraphTrainer
 
-__all__ = ["Samples", "balanced_weights", "divergence", "fit_epochs", "probe_loss",
-           "suggested_lr"]
+__all__ = ["MIN_DELTA", "PATIENCE", "Samples", "balanced_weights", "divergence",
+           "fit_epochs", "probe_loss", "suggested_lr"]
 
 EXPLODE_FACTOR = 10.0  # an epoch loss this many times the one before training diverged
 GROWTH_LIMIT = 1e3  # so did a parameter that grew this many times (+1) in one fit
 MAX_ROLLBACKS = 3
 DEFAULT_BATCH = 32
+PATIENCE = 10  # epochs over which the objective must improve by MIN_DELTA
+MIN_DELTA = 1e-3
 
 
 @dataclass
@@ -52,16 +66,16 @@ Accept = Callable[[dict, int, Samples], None]
 def fit_epochs(trainer: GraphTrainer, samples: Samples, *, epochs: int, probe: Probe,
                follow: Follow, accept: Accept, rng: np.random.Generator,
                stop: threading.Event, batch_size: int | None = None, balanced: bool = True,
-               early_stop: bool = True, patience: int = 5, min_delta: float = 1e-3,
-               trainable: Sequence[str] = (),
+               early_stop: bool = True, patience: int = PATIENCE,
+               min_delta: float = MIN_DELTA, trainable: Sequence[str] = (),
                callback: Callable[[dict], None] | None = None) -> list[dict]:
     """Train for up to `epochs` epochs (module doc); one record per epoch and per event.
 
     probe(values, X, y, weights): the samples' cross-entropy under `values`.
-    follow(samples, trainer, good) -> (samples, good): called before each epoch; may
-    remap `trainer.values` and `good` (the last accepted values) to new class columns.
-    accept(values, step, samples): a good epoch's parameters. trainable: the parameter
-    names watched for explosion.
+    follow(samples, trainer, best) -> (samples, best): called before each epoch; may
+    remap `trainer.values` and `best` (the best values so far) to new class columns.
+    accept(values, step, samples): parameters better than any before. trainable: the
+    parameter names watched for explosion.
     """
     records: list[dict] = []
 
@@ -70,20 +84,30 @@ def fit_epochs(trainer: GraphTrainer, samples: Samples, *, epochs: int, probe: P
         if callback:
             callback(record)
 
+    def objective(values, samples) -> float:
+        weights = balanced_weights(samples.y, len(samples.columns)) if balanced else None
+        value = probe(values, samples.X, samples.y, weights)
+        return value if np.isfinite(value) else float("inf")
+
     lr = trainer.lr
-    good = {k: v.copy() for k, v in trainer.values.items()}
-    good_step, rollbacks, stale, best = trainer.step_count, 0, 0, None
-    weights = balanced_weights(samples.y, len(samples.columns)) if balanced else None
+    best = {k: v.copy() for k, v in trainer.values.items()}
+    best_step, best_epoch, rollbacks = trainer.step_count, 0, 0
+    start = best_objective = objective(best, samples)
     # What divergence is measured against: the fit before training, since a too large
     # lr can blow up the very first epoch.
-    reference = probe(trainer.values, samples.X, samples.y, weights)
-    reference = reference if np.isfinite(reference) else 0.0
-    scale = {k: float(np.abs(v).max(initial=0.0)) for k, v in good.items()}
+    reference = start if np.isfinite(start) else 0.0
+    scale = {k: float(np.abs(v).max(initial=0.0)) for k, v in best.items()}
+    window: list[float] = []  # the best objective after each recent epoch
     for epoch in range(1, epochs + 1):
         if stop.is_set():
+            report({"epoch": epoch - 1, "event": "stopped", "message": "stopped on request"})
             break
         t0 = time.perf_counter()
-        samples, good = follow(samples, trainer, good)
+        before = samples
+        samples, best = follow(samples, trainer, best)
+        if samples is not before:  # new samples or classes: the objective changed
+            best_objective = objective(best, samples)
+            window.clear()
         X, y = samples.X, samples.y
         weights = balanced_weights(y, len(samples.columns)) if balanced else None
         size = min(batch_size or DEFAULT_BATCH, len(y))
@@ -92,14 +116,14 @@ def fit_epochs(trainer: GraphTrainer, samples: Samples, *, epochs: int, probe: P
                            None if weights is None else weights[order], size)
         loss = float(np.mean(losses))
         # An epoch's losses were measured before its updates: how the new parameters fit
-        # the samples decides whether they are accepted (and published).
+        # all the samples decides whether they are kept (and published).
         after = probe(trainer.values, X, y, weights)
         problem = (f"the loss became {loss}" if not np.isfinite(loss) else
                    divergence(after, reference, trainer.values, scale, trainable))
         if problem:
             rollbacks += 1
-            trainer.values = {k: v.copy() for k, v in good.items()}
-            trainer.step_count = good_step
+            trainer.values = {k: v.copy() for k, v in best.items()}
+            trainer.step_count = best_step
             trainer.lr = lr = lr * 0.1
             record = {"epoch": epoch, "event": "rollback", "loss": loss, "lr": lr,
                       "message": f"{problem}; rolled back to the last good parameters "
@@ -111,19 +135,28 @@ def fit_epochs(trainer: GraphTrainer, samples: Samples, *, epochs: int, probe: P
                         "message": f"stopped after {rollbacks} rollbacks"})
                 break
             continue
-        good = {k: v.copy() for k, v in trainer.values.items()}
-        good_step = trainer.step_count
-        accept(good, good_step, samples)
-        report({"epoch": epoch, "loss": loss, "lr": lr, "samples": int(len(y)),
-                "seconds": time.perf_counter() - t0})
-        if best is None or loss < best * (1 - min_delta):
-            best, stale = loss, 0
-        else:
-            stale += 1
-            if early_stop and stale >= patience:
+        if after < best_objective:
+            best = {k: v.copy() for k, v in trainer.values.items()}
+            best_step, best_epoch, best_objective = trainer.step_count, epoch, after
+            accept(best, best_step, samples)
+        report({"epoch": epoch, "loss": loss, "objective": after, "lr": lr,
+                "samples": int(len(y)), "seconds": time.perf_counter() - t0})
+        window.append(best_objective)
+        if len(window) > patience:
+            old = window.pop(0)
+            if early_stop and old - best_objective <= min_delta * abs(old):
                 report({"epoch": epoch, "event": "early_stop",
-                        "message": f"loss has not improved for {patience} epochs"})
+                        "message": f"converged: the objective improved by less than "
+                                   f"{min_delta:.0%} in {patience} epochs"})
                 break
+    trainer.values = {k: v.copy() for k, v in best.items()}
+    trainer.step_count = best_step
+    kept = (f"kept the parameters of epoch {best_epoch} (objective {best_objective:.4g}, "
+            f"from {start:.4g})" if best_epoch else
+            f"kept the starting parameters: no epoch fit the samples better "
+            f"(objective {start:.4g})")
+    report({"epoch": best_epoch, "event": "kept", "objective": best_objective,
+            "start": start, "improved": best_epoch > 0, "message": kept})
     return records
 
 

@@ -32,11 +32,19 @@ from edgetune.bundle import Bundle, BundleError, sha256
 from edgetune.defaults import EPOCHS, MIN_IMAGE_SIZE
 from edgetune.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
 from edgetune.files import atomic_write
+from edgetune.hyperparams import check_batch_size, check_epochs, check_lr
 from edgetune.inputs import preparer_for
 from edgetune.names import class_name
 from edgetune.runtime.checkpoint import CheckpointDir
 from edgetune.runtime.columns import ClassColumns
-from edgetune.runtime.fitting import Samples, fit_epochs, probe_loss, suggested_lr
+from edgetune.runtime.fitting import (
+    MIN_DELTA,
+    PATIENCE,
+    Samples,
+    fit_epochs,
+    probe_loss,
+    suggested_lr,
+)
 from edgetune.runtime.lock import ProfileLock
 from edgetune.runtime.prototypes import PrototypeClassifier
 from edgetune.runtime.store import SampleStore
@@ -402,21 +410,22 @@ class Personalizer:
 
     def fit(self, epochs: int = EPOCHS, batch_size: int | None = None,
             lr: float | None = None, callback: Callable[[dict], None] | None = None,
-            balanced: bool = True, early_stop: bool = True, patience: int = 5,
-            min_delta: float = 1e-3) -> list[dict]:
-        """Train for up to `epochs` epochs; returns one record per epoch (and per rollback).
+            balanced: bool = True, early_stop: bool = True, patience: int = PATIENCE,
+            min_delta: float = MIN_DELTA) -> list[dict]:
+        """Train for up to `epochs` epochs; returns one record per epoch and per event.
 
-        balanced: weight samples so each class counts equally. early_stop: stop when the
-        loss has not improved by `min_delta` (relative) for `patience` epochs. A NaN or
-        exploding loss rolls back to the last good parameters, lowers the learning rate
-        tenfold and says so in the record (`"event": "rollback"`). See .fitting.
+        Keeps the parameters that fit the samples best (the starting ones included) and
+        saves them only if they improved; the last record (`"event": "kept"`) says which.
+        balanced: weight samples so each class counts equally. early_stop: stop once the
+        objective has improved by less than `min_delta` (relative) in `patience` epochs.
+        A NaN or exploding loss rolls back to the best parameters, lowers the learning
+        rate tenfold and says so (`"event": "rollback"`). See .fitting.
         """
         self._writable("train")
-        if epochs < 1:
-            raise BadInputError(f"epochs is {epochs}; it must be at least 1")
-        if batch_size is not None and batch_size < 1:
-            raise BadInputError(f"batch_size is {batch_size}; it must be at least 1")
-        lr = float(suggested_lr(self.bundle) if lr is None else lr)
+        epochs = check_epochs(epochs)
+        if batch_size is not None:
+            batch_size = check_batch_size(batch_size)
+        lr = check_lr(suggested_lr(self.bundle) if lr is None else lr)
         self._stop.clear()
         with self._lock:
             X, y = self.store.features_and_labels()
@@ -438,7 +447,7 @@ class Personalizer:
                 self._fitting = None
         # The latest records only: a long-running server trains many times.
         self.history = (self.history + records)[-HISTORY_LIMIT:]
-        if self._trained:
+        if records and records[-1].get("improved"):
             self.save()
         return records
 
