@@ -149,7 +149,7 @@ def test_cli_convert_then_inspect(edgetune_cache, tmp_path, capsys, monkeypatch)
     assert cli(["inspect", str(out)]) == 0
     assert "all hashes verified" in capsys.readouterr().out
     # Converting onto an existing bundle needs --force.
-    assert cli(["convert", "-o", str(out)]) == 2
+    assert cli(["convert", "-o", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
 
 
@@ -158,7 +158,7 @@ def test_cli_reports_a_missing_cut_with_candidates(tmp_path, capsys, edgetune_ca
 
     base = efficientnet_lite0(edgetune_cache)
     assert cli(["convert", "--base", str(base), "--cut", "blocks.99", "-o",
-                str(tmp_path / "x.edgetune")]) == 2
+                str(tmp_path / "x.edgetune")]) == 1
     err = capsys.readouterr().err
     assert "blocks.99" in err and "blocks.15" in err
 

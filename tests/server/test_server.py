@@ -396,7 +396,7 @@ def test_non_loopback_bind_is_refused_without_a_token(capsys):
     with pytest.raises(EdgetuneError, match="empty"):
         check_bind("0.0.0.0", "  ")
     # the command refuses before loading anything
-    assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
+    assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 1
     assert "refusing to listen on 0.0.0.0" in capsys.readouterr().err
 
 

@@ -504,7 +504,7 @@ def test_beyond_the_connection_limit_new_requests_get_503_at_once(served):
 
 
 def test_edgetune_serve_refuses_a_non_loopback_host_without_a_token(tmp_path):
-    """The real command: exit code 2, a message that says why and what to do, nothing
+    """The real command: exit code 1, a message that says why and what to do, nothing
     bound (an audit hook watches every socket), no profile created."""
     exe = Path(sys.executable).with_name("edgetune")
     if not exe.is_file():
@@ -513,7 +513,7 @@ def test_edgetune_serve_refuses_a_non_loopback_host_without_a_token(tmp_path):
     port = str(server_load.free_port())
     r = subprocess.run([str(exe), "serve", "--host", "0.0.0.0", "--port", port], env=env,
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r
+    assert r.returncode == 1, r
     assert "refusing to listen on 0.0.0.0" in r.stderr
     assert "--token" in r.stderr and "--host 127.0.0.1" in r.stderr
 
@@ -531,7 +531,7 @@ def test_edgetune_serve_refuses_a_non_loopback_host_without_a_token(tmp_path):
         r = subprocess.run([sys.executable, "-c", watch, str(exe), "serve", "--host", host,
                             "--port", port], env=env, capture_output=True, text=True,
                            timeout=60)
-        assert r.returncode == 2, r
+        assert r.returncode == 1, r
         assert f"refusing to listen on {host}" in r.stderr
         events, uvicorn_loaded = json.loads(r.stderr.split("WATCH ", 1)[1])
         assert events == [] and not uvicorn_loaded

@@ -1,0 +1,95 @@
+"""Build time: `edgetune convert` writes a bundle, `edgetune inspect` shows one."""
+
+from __future__ import annotations
+
+import json
+
+import edgetune.cli.options as options
+from edgetune import defaults
+from edgetune.cli.failures import writing
+from edgetune.cli.output import emit, size
+
+__all__ = ["add_commands"]
+
+
+def convert(args) -> int:
+    from edgetune.converter.convert import convert as build
+
+    bundle = build(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
+                   loss=args.loss, weight_decay=args.weight_decay, classes=args.classes,
+                   cut=args.cut, trainable=args.train, quantize=args.quantize, l2=args.l2)
+    with writing(args.output):
+        path = bundle.save(args.output, overwrite=args.force)
+    info = bundle.describe()
+    trains = info["trainable"]
+    text = (f"wrote {path} ({size(info['total_bytes'])}): trains {trains['mode']}"
+            f"{':' + str(trains['blocks']) if trains['blocks'] else ''}, "
+            f"{len(info['params'])} parameter tensors, features {info['features']['shape']}")
+    quantization = bundle.manifest.get("quantization")
+    if quantization:
+        text += f"\nint8 base: {json.dumps(quantization)}"
+    emit(args, {"path": str(path), **info, "quantization": quantization}, text)
+    return 0
+
+
+def inspect(args) -> int:
+    from edgetune.bundle import Bundle
+
+    info = Bundle.load(args.bundle).describe()
+    emit(args, info, "\n".join(_inspect_lines(info)))
+    return 0
+
+
+def _inspect_lines(info: dict) -> list[str]:
+    trains = info["trainable"]
+    lines = [f"{info['path']}: edgetune bundle v{info['version']} ({info['created_by']}), "
+             f"opset {info['opset']}, all hashes verified",
+             f"input     {info['input']['name']} {info['input']['dtype']} "
+             f"{info['input']['shape']} {info['input'].get('layout') or ''}",
+             f"features  {info['features']['shape']} (cached per sample)",
+             f"trainable {trains['mode']}" + (f":{trains['blocks']}" if trains['blocks'] else ""),
+             f"head      {info['head']}",
+             f"loss      {info['loss']}",
+             f"optimizer {info['optimizer']}",
+             "graphs:"]
+    for role, g in info["graphs"].items():
+        lines.append(f"  {role:12s} {g['file']:18s} {size(g['bytes']):>9s} {g['nodes']:5d} nodes")
+    lines.append(f"params ({len(info['params'])} tensors, {info['state_slots']} optimizer slots):")
+    lines += [f"  {p['name']:40s} {p['shape']}" for p in info["params"]]
+    lines.append(f"total {size(info['total_bytes'])}")
+    return lines
+
+
+def add_commands(add) -> None:
+    p = add("convert", help="build a bundle from a base and a head")
+    p.add_argument("--base", default="efficientnet-lite0",
+                   help="efficientnet-lite0 or MODEL.onnx (default: efficientnet-lite0)")
+    p.add_argument("--cut", help="tensor of an ONNX base to use as features "
+                   "(default: its first output)")
+    p.add_argument("--head", default="softmax", help="softmax | mlp:HIDDEN | svm | HEAD.onnx")
+    p.add_argument("--classes", type=options.classes, default=2,
+                   help="initial number of classes (more can be added later)")
+    p.add_argument("--optimizer", default=defaults.OPTIMIZER,
+                   help="sgd | momentum | adam | adamw")
+    p.add_argument("--lr", type=options.lr, help="learning rate (default: the optimizer's)")
+    p.add_argument("--loss", help="the loss by name, e.g. cross-entropy or hinge (default: "
+                   "the head's own; an unknown name lists the choices)")
+    p.add_argument("--weight-decay", type=options.non_negative("weight decay"),
+                   help="weight decay of adamw (default: the optimizer's)")
+    p.add_argument("--l2", type=options.non_negative("l2"), default=0.0,
+                   help="L2 regularization in the loss")
+    p.add_argument("--train", "--trainable", dest="train", default="head",
+                   help="what trains: head | last:K | bias:K (the API's trainable=)")
+    p.add_argument("--quantize", metavar="CALIB_DIR",
+                   help="also write an int8 base calibrated on the images in CALIB_DIR "
+                   "(default: no int8 base)")
+    p.add_argument("-o", "--output", required=True, help="OUT.edgetune directory (required)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists "
+                   "(default: refuse)")
+    options.add_json(p)
+    p.set_defaults(run=convert)
+
+    p = add("inspect", help="show what a bundle holds and verify its hashes")
+    p.add_argument("bundle", help="a bundle directory (NAME.edgetune)")
+    options.add_json(p)
+    p.set_defaults(run=inspect)

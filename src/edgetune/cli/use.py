@@ -1,0 +1,124 @@
+"""Using a trained profile, read-only (no lock, nothing created or changed):
+`edgetune eval`, `edgetune predict`, `edgetune export`."""
+
+from __future__ import annotations
+
+import edgetune.cli.options as options
+from edgetune.cli.failures import output_file, writing
+from edgetune.cli.output import emit, size
+from edgetune.cli.readable import readable, refuse_if_strict, report
+from edgetune.errors import BadInputError
+
+__all__ = ["add_commands"]
+
+BATCH = 16  # inputs per prediction call
+
+
+def _reader(args):
+    from edgetune.runtime.personalizer import Personalizer
+
+    return Personalizer(profile=args.profile, read_only=True)
+
+
+def _predict(p, paths) -> list[dict]:
+    results = []
+    for i in range(0, len(paths), BATCH):
+        results += p.predict_many([str(path) for path in paths[i:i + BATCH]])
+    return results
+
+
+def evaluate(args) -> int:
+    with _reader(args) as p:
+        items = p.preparer.list_folder(args.data)
+        known = set(p.classes())
+        unknown = sorted({c for _, c in items if c not in known})
+        usable = [(path, c) for path, c in items if c in known]
+        good, bad = readable(p.preparer, [path for path, _ in usable])
+        refuse_if_strict(args, bad, len(usable), "nothing was scored")
+        if not good:
+            raise BadInputError(f"{args.data}: no readable file of a class this profile knows "
+                                f"({', '.join(sorted(known))}); classes of the data it does "
+                                f"not know: {', '.join(unknown) or 'none'}")
+        truth = dict(usable)
+        predicted = _predict(p, good)
+    result = _score([truth[path] for path in good], [r["label"] for r in predicted])
+    result["skipped_classes"] = unknown
+    result["skipped_files"] = sum(c in unknown for _, c in items)
+    result["errors"] = [f.as_json() for f in bad]
+    emit(args, result, _eval_text(result))
+    report(args, bad)
+    return 0
+
+
+def _score(truths: list[str], labels: list[str]) -> dict:
+    per_class: dict[str, dict] = {}
+    for truth, label in zip(truths, labels):
+        entry = per_class.setdefault(truth, {"n": 0, "correct": 0})
+        entry["n"] += 1
+        entry["correct"] += label == truth
+    for entry in per_class.values():
+        entry["accuracy"] = entry["correct"] / entry["n"]
+    correct = sum(e["correct"] for e in per_class.values())
+    return {"accuracy": correct / len(truths), "n": len(truths), "per_class": per_class}
+
+
+def _eval_text(result: dict) -> str:
+    lines = [f"accuracy {result['accuracy']:.3f} on {result['n']} files"]
+    for name, entry in result["per_class"].items():
+        lines.append(f"  {name:20s} {entry['accuracy']:.3f} ({entry['correct']}/{entry['n']})")
+    if result["skipped_classes"]:
+        lines.append(f"not scored: the profile does not know these classes of the data "
+                     f"({result['skipped_files']} files): {', '.join(result['skipped_classes'])}")
+    return "\n".join(lines)
+
+
+def predict(args) -> int:
+    """Every readable input is answered, in order; unreadable ones get {"path", "error"}
+    in the JSON list and a line on stderr. Exit 0 if at least one was answered."""
+    with _reader(args) as p:
+        good, bad = readable(p.preparer, args.inputs)
+        refuse_if_strict(args, bad, len(args.inputs), "nothing was predicted")
+        answers = dict(zip(good, _predict(p, good)))
+    errors = {f.path: f.reason for f in bad}
+    results = [{"path": path, **{k: answers[path][k] for k in ("label", "scores")}}
+               if path in answers else {"path": path, "error": errors[path]}
+               for path in args.inputs]
+    lines = [f"{r['path']}: {r['label']} ({r['scores'][r['label']]:.3f})"
+             for r in results if "label" in r]
+    emit(args, results, "\n".join(lines))
+    report(args, bad)
+    return 0 if answers else 1
+
+
+def export(args) -> int:
+    output = output_file(args.output)
+    with _reader(args) as p, writing(output):
+        path = p.export(output)
+        classes = p.classes()
+    nbytes = path.stat().st_size
+    emit(args, {"path": str(path), "bytes": nbytes, "classes": classes},
+         f"wrote {path} ({size(nbytes)}), classes {', '.join(classes)}")
+    return 0
+
+
+def add_commands(add) -> None:
+    p = add("eval", help="accuracy of a profile on a folder of class folders")
+    options.add_profile(p)
+    p.add_argument("--data", required=True, help="DIR/<class>/<file> folders (required)")
+    options.add_strict(p, "nothing scored")
+    options.add_json(p)
+    p.set_defaults(run=evaluate)
+
+    p = add("predict", help="classify inputs with a profile")
+    options.add_profile(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files to classify")
+    options.add_strict(p, "nothing predicted")
+    options.add_json(p)
+    p.set_defaults(run=predict)
+
+    p = add("export", help="write one standalone ONNX model")
+    options.add_profile(p)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write "
+                   "(required; its folder must exist)")
+    options.add_json(p)
+    p.set_defaults(run=export)
