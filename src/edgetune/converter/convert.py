@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ from edgetune.converter.cut import block_boundaries, extract, onnx_file_base
 from edgetune.converter.efficientnet import efficientnet_lite0
 from edgetune.converter.heads import HEADS, MLP, Head, SoftmaxClassifier
 from edgetune.converter.losses import Loss, resolve_loss
+from edgetune.converter.modelfile import load_model
 from edgetune.converter.optimizers import OPTIMIZERS, Optimizer
+from edgetune.converter.preprocess import InputPlan, plan_input, wrap
 from edgetune.converter.rewrite import pointwise_head_as_gemm
 from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
 
@@ -107,22 +110,67 @@ def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
 
 
 def load_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = None,
-              cache_dir: str | os.PathLike | None = None) -> tuple[onnx.ModelProto, str]:
-    """The base as a ModelProto cut at `cut`, and its name for the manifest."""
+              cache_dir: str | os.PathLike | None = None, *, preprocess=None,
+              input_size: tuple[int, int] | int | None = None
+              ) -> tuple[onnx.ModelProto, str]:
+    """The base as a ModelProto taking the bundle's input, cut at `cut`, and its name
+    for the manifest (see :func:`prepare_base`)."""
+    model, name, _, _ = prepare_base(base, cut, cache_dir, preprocess=preprocess,
+                                     input_size=input_size)
+    return model, name
+
+
+def prepare_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, *, preprocess=None,
+                 input_size: tuple[int, int] | int | None = None
+                 ) -> tuple[onnx.ModelProto, str, InputPlan, list[str]]:
+    """(model, name, input plan, repairs): the base loaded (an ONNX file is checked and
+    repaired, see :mod:`edgetune.converter.modelfile`), its input planned and wrapped
+    so that it takes uint8 NHWC pixels (see :mod:`edgetune.converter.preprocess`), then
+    cut at `cut` (default: its first output). Every problem is a one-line ValueError."""
     if isinstance(base, onnx.ModelProto):
-        return base, "model"
-    text = os.fspath(base)
-    if text in ZOO:
-        model = onnx.load(os.fspath(ZOO[text](cache_dir)))
-        if cut is not None:
-            model = extract(model, [cut], source=text)
-        return model, text
-    if text.endswith(".onnx") or Path(text).is_file():
-        if not Path(text).is_file():
-            raise ValueError(f"base model {text} does not exist")
-        return onnx_file_base(text, cut), Path(text).name
-    raise ValueError(f"base {text!r} is neither a known base ({', '.join(ZOO)}) nor an ONNX "
-                     f"file")
+        model, name, source = base, "model", "the base model"
+    else:
+        text = os.fspath(base)
+        if text in ZOO:
+            model, name, source = onnx.load(os.fspath(ZOO[text](cache_dir))), text, text
+        elif text.endswith(".onnx") or Path(text).is_file():
+            if not Path(text).is_file():
+                raise ValueError(f"base model {text} does not exist")
+            model, name, source = None, Path(text).name, text
+        else:
+            raise ValueError(f"base {text!r} is neither a known base ({', '.join(ZOO)}) nor "
+                             f"an ONNX file")
+    repairs: list[str] = []
+    if name not in ZOO:
+        model, repairs = load_model(base if model is None else model, source=source)
+        for repair in repairs:
+            warnings.warn(f"{source}: {repair}", UserWarning, stacklevel=3)
+    plan = plan_input(model, preprocess, input_size, source=source)
+    wrapped = wrap(model, plan)
+    model = onnx_file_base(wrapped, cut, source=source)
+    if plan.changes_model:
+        _check_runs(model, source)
+    return model, name, plan, repairs
+
+
+def _check_runs(model: onnx.ModelProto, source: str) -> None:
+    """Run the prepared base on two black images: a base that cannot take a batch (a
+    fixed batch of 1 in a Reshape, ...) fails here, at convert time, not on the device."""
+    import onnxruntime as ort
+
+    image = model.graph.input[0]
+    dims = value_dims(image, symbolic=False)
+    feed = np.zeros([2, *dims[1:]], np.uint8)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        session.run(None, {image.name: feed})
+    except Exception as e:  # noqa: BLE001 - one line for every runtime error
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{source}: the base with its preprocessing does not run on a "
+                         f"batch of 2 images {list(feed.shape)} ({first[:300]}); export it "
+                         f"with a dynamic batch dimension") from None
 
 
 def _tensor_dims(model: onnx.ModelProto, name: str) -> list:
@@ -190,7 +238,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             classes: int | None = None, lr: float | None = None,
             weight_decay: float | None = None, l2: float = 0.0,
             quantize: str | os.PathLike | None = None,
-            cache_dir: str | os.PathLike | None = None) -> Bundle:
+            cache_dir: str | os.PathLike | None = None, preprocess=None,
+            input_size: tuple[int, int] | int | None = None) -> Bundle:
     """Build a bundle: base (cut where training starts), training graphs, parameters.
 
     base: "efficientnet-lite0" or an ONNX file (cut at `cut`, default its first output).
@@ -200,12 +249,19 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     trainable: "head", "last:K" (also train the base's last K blocks) or "bias:K"
     (only their biases and normalization scales). quantize: a folder of calibration
     images for an int8 base (graph role `base_int8`).
+    preprocess: how pixels become the base's input when it does not take uint8 NHWC
+    pixels itself: "imagenet", "unit", "symmetric", "raw", "none", "tensor" or
+    {"mean": [...], "std": [...]} (see edgetune.converter.preprocess); detected when
+    not given (a float image input: "imagenet", with a warning) and recorded in
+    manifest["input"]["preprocessing"]. input_size: (height, width) for a base whose
+    height and width are dynamic.
     """
     mode = Trainable.parse(trainable)
     loss = resolve_loss(loss)
     head = resolve_head(head, classes)
     optimizer = resolve_optimizer(optimizer, lr, weight_decay)
-    base_model, base_name = load_base(base, cut, cache_dir)
+    base_model, base_name, plan, repairs = prepare_base(
+        base, cut, cache_dir, preprocess=preprocess, input_size=input_size)
     image_name, features_name = _io_names(base_model)
 
     tail, cut_name = None, features_name
@@ -237,6 +293,11 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
              **graphs.files()}
     manifest = _manifest(base_model, base_name, image_name, cut_shape, graphs, mode, head,
                          classes, _output_layer(head, head_model, [p.name for p in graphs.params]))
+    if plan.changes_model or plan.detected or preprocess is not None:
+        if plan.section() is not None:
+            manifest["input"]["preprocessing"] = plan.section()
+    if repairs:
+        manifest["base_repairs"] = repairs
     if quantize is not None:
         files["base.int8.onnx"], manifest["quantization"] = _quantized_base(
             files["base.onnx"], quantize)
@@ -340,4 +401,5 @@ def _quantized_base(base_bytes: bytes, calibration_dir) -> tuple[bytes, dict]:
                   if isinstance(v, int | float | str) and not k.endswith("_path")}
 
 
-__all__ = ["Trainable", "convert", "load_base", "resolve_head", "resolve_optimizer"]
+__all__ = ["Trainable", "convert", "load_base", "prepare_base", "resolve_head",
+           "resolve_optimizer"]

@@ -21,7 +21,8 @@ from onnx import helper
 from edgetune.autodiff.builder import subgraph_references
 from edgetune.converter.cleanup import all_tensor_names
 
-__all__ = ["META_BLOCK_BOUNDARIES", "block_boundaries", "extract", "onnx_file_base"]
+__all__ = ["META_BLOCK_BOUNDARIES", "articulation_tensors", "block_boundaries",
+           "constant_tensors", "extract", "find_block_boundaries", "onnx_file_base"]
 
 #: metadata_props key holding the JSON list returned by :func:`block_boundaries`.
 META_BLOCK_BOUNDARIES = "edgetune.block_boundaries"
@@ -42,9 +43,16 @@ def block_boundaries(model: onnx.ModelProto | str | os.PathLike) -> list[str]:
     tensor from before it except through it. ``last:K`` cuts at ``boundaries[-K]``
     (``last:1`` trains the head conv, ``last:2`` also the last MBConv block, ...).
 
-    Read from the ``edgetune.block_boundaries`` metadata written by the builder (names
-    no longer in the graph, e.g. after a cut, are dropped); models without it fall back
-    to tensors named ``stem`` / ``blocks.<i>``. Raises ``ValueError`` if none is found.
+    Where they come from, in order:
+
+    1. the model's metadata ``edgetune.block_boundaries`` (:data:`META_BLOCK_BOUNDARIES`):
+       a JSON list of tensor names (names no longer in the graph, e.g. after a cut, are
+       dropped) — how a model's author names its blocks;
+    2. tensors named ``stem`` / ``blocks.<i>``;
+    3. found in the graph (:func:`find_block_boundaries`): tensors every path from the
+       input to the output passes through, just before a layer with weights.
+
+    Raises ``ValueError`` saying how to name them if none is found.
     """
     model = _load_model(model)
     names = all_tensor_names(model.graph)
@@ -56,12 +64,77 @@ def block_boundaries(model: onnx.ModelProto | str | os.PathLike) -> list[str]:
         pattern = re.compile(r"^(stem|blocks\.(\d+))$")
         matched = [n for n in names if pattern.match(n)]
         found = sorted(matched, key=lambda n: -1 if n == "stem" else int(n.split(".")[1]))
+        if not found:
+            found = find_block_boundaries(model)
     if not found:
         raise ValueError(
-            "no block boundaries in this model: it has no 'edgetune.block_boundaries' "
-            "metadata and no tensors named 'stem' / 'blocks.<i>'"
+            "no block boundaries in this model: no tensor that every path from the input to "
+            "the output passes through before a layer with weights; name them in the model's "
+            f"metadata_props {META_BLOCK_BOUNDARIES!r} (a JSON list of tensor names, in graph "
+            "order) or cut with --cut TENSOR and train the head"
         )
     return found
+
+
+#: Ops whose constant inputs are the weights of a layer (what `last:K` trains).
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LayerNormalization"}
+
+
+def constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Initializers and what nodes compute from them alone (no graph input involved)."""
+    const = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if all(i == "" or i in const for i in node.input) and not subgraph_references(node):
+            const.update(o for o in node.output if o)
+    return const
+
+
+def articulation_tensors(graph: onnx.GraphProto) -> list[str]:
+    """Computed tensors that every path from the graph's inputs to its outputs passes
+    through (constants ignored), in graph order: after the node producing one, no
+    other computed tensor is still needed."""
+    const = constant_tensors(graph)
+    last_use: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in list(node.input) + sorted(subgraph_references(node)):
+            if name and name not in const:
+                last_use[name] = index
+    end = len(graph.node)
+    for output in graph.output:
+        last_use[output.name] = end
+    live: set[str] = {i.name for i in graph.input if i.name not in const and
+                      last_use.get(i.name, -1) >= 0}
+    found = []
+    for index, node in enumerate(graph.node):
+        live.update(o for o in node.output if o and o not in const and o in last_use)
+        live = {n for n in live if last_use[n] > index}
+        if len(live) == 1 and index < end - 1:
+            (name,) = live
+            if name in node.output:
+                found.append(name)
+    return found
+
+
+def find_block_boundaries(model: onnx.ModelProto) -> list[str]:
+    """Block boundaries found in the graph: articulation tensors (see
+    :func:`articulation_tensors`) that a layer with weights (Conv, Gemm, MatMul, ... with
+    a constant weight) comes after, keeping of each run of such tensors without a
+    weighted layer between them the last one (so a block starts at its first layer);
+    a tensor that no weighted layer follows is not a boundary."""
+    graph = model.graph
+    const = constant_tensors(graph)
+    order = articulation_tensors(graph)
+    position = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    weighted = [i for i, n in enumerate(graph.node)
+                if n.op_type in WEIGHTED_OPS and any(x in const for x in n.input[1:] if x)]
+    boundaries: list[str] = []
+    for k, name in enumerate(order):
+        here = position[name]
+        nxt = position[order[k + 1]] if k + 1 < len(order) else len(graph.node)
+        if any(here < w <= nxt for w in weighted) and \
+                any(w > here for w in weighted):
+            boundaries.append(name)
+    return boundaries
 
 
 def _check_names(model: onnx.ModelProto, names: Sequence[str], role: str,
@@ -164,11 +237,12 @@ def extract(model: onnx.ModelProto, outputs: Sequence[str],
 
 
 def onnx_file_base(path: str | os.PathLike | onnx.ModelProto,
-                   cut: str | None = None) -> onnx.ModelProto:
+                   cut: str | None = None, *, source: str | None = None) -> onnx.ModelProto:
     """Load an ONNX model (or take one) and cut it at tensor ``cut`` (default: its first
     output) with :func:`extract`, from its own inputs."""
     model = _load_model(path)
-    source = "the model" if isinstance(path, onnx.ModelProto) else repr(os.fspath(path))
+    if source is None:
+        source = "the model" if isinstance(path, onnx.ModelProto) else repr(os.fspath(path))
     if cut is None:
         if not model.graph.output:
             raise ValueError(f"{source}: the model has no outputs")
