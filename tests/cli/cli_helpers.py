@@ -1,4 +1,4 @@
-"""CLI tests on real data: scikit-learn's digits rendered as 64x64 PNG files, trained
+"""CLI tests on real data: crops of scikit-image's photos as 64x64 PNG files, trained
 with a tiny image base (tests/conftest.py) so every command runs in a second."""
 
 from __future__ import annotations
@@ -8,17 +8,17 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edgetune.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/conftest.py helpers
 
 EXE = Path(sys.executable).with_name("edgetune")
 
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conftest import tiny_base
 
     from edgetune.converter.convert import convert
@@ -28,21 +28,18 @@ def bundle(tmp_path_factory):
     return str(built.save(root / "tiny.edgetune"))
 
 
-def digit_folder(root: Path, digits=(0, 1), per_class: int = 6, offset: int = 0) -> Path:
-    """DIR/<digit name>/<i>.png: real handwritten digits, 8x8 scaled to 64x64 RGB."""
+def image_folder(root: Path, classes=("chelsea", "coffee"), per_class: int = 6,
+                 seed: int = 0) -> Path:
+    """DIR/<class>/<i>.png: real photos (random 64x64 crops of scikit-image's pictures,
+    tests/conftest.py photo_crops), one class per picture."""
+    from conftest import photo_crops
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    data = load_digits()
-    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    for digit in digits:
-        folder = root / names[digit]
+    images, labels = photo_crops(per_class, size=64, seed=seed, classes=classes)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / classes[label]
         folder.mkdir(parents=True, exist_ok=True)
-        picked = np.flatnonzero(data.target == digit)[offset:offset + per_class]
-        for i in picked:
-            pixels = (data.images[i] * 255 / 16).astype(np.uint8)
-            image = Image.fromarray(pixels).resize((64, 64), Image.Resampling.NEAREST)
-            image.convert("RGB").save(folder / f"{i}.png")
+        Image.fromarray(image).save(folder / f"{seed}-{i}.png")
     return root
 
 
@@ -74,8 +71,8 @@ def tree_bytes(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def trained(bundle, tmp_path, capsys):
-    """A profile trained on digits 0 and 1; returns (profile, data folder)."""
-    data = digit_folder(tmp_path / "data")
+    """A profile trained on two photos; returns (profile, data folder)."""
+    data = image_folder(tmp_path / "data")
     profile = tmp_path / "profile"
     code, out, err = run(capsys, "train", bundle, "--data", data, "--profile", profile,
                          "--epochs", "20")

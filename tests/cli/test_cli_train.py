@@ -6,15 +6,15 @@ from __future__ import annotations
 import shutil
 
 import cli_helpers
-from cli_helpers import digit_folder, run, run_json
+from cli_helpers import image_folder, run, run_json
 
 bundle = cli_helpers.bundle  # the fixture
 
 
 def test_bad_files_are_skipped_and_listed_strict_adds_nothing(bundle, tmp_path, capsys):
-    data = digit_folder(tmp_path / "data")
-    (data / "zero" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    (data / "one" / "empty.jpg").write_bytes(b"")
+    data = image_folder(tmp_path / "data")
+    (data / "chelsea" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (data / "coffee" / "empty.jpg").write_bytes(b"")
     profile = tmp_path / "strict"
     code, result, err = run_json(capsys, "train", bundle, "--data", data, "--profile",
                                  profile, "--epochs", "3", "--strict")
@@ -28,45 +28,45 @@ def test_bad_files_are_skipped_and_listed_strict_adds_nothing(bundle, tmp_path, 
     code, result, err = run_json(capsys, "train", bundle, "--data", data, "--profile",
                                  profile, "--epochs", "3")
     assert code == 0, err
-    assert result["samples_added"] == 12 and result["counts"] == {"zero": 6, "one": 6}
+    assert result["samples_added"] == 12 and result["counts"] == {"chelsea": 6, "coffee": 6}
     assert sorted(e["path"] for e in result["errors"]) == sorted(
-        [str(data / "zero" / "broken.png"), str(data / "one" / "empty.jpg")])
+        [str(data / "chelsea" / "broken.png"), str(data / "coffee" / "empty.jpg")])
     assert "skipped 2 files that cannot be read" in err
     assert "broken.png" in err and "empty.jpg is empty" in err
 
 
 def test_a_rerun_skips_known_files_and_relabels_a_moved_one(bundle, tmp_path, capsys):
-    data = digit_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     profile = tmp_path / "profile"
     args = ("train", bundle, "--data", data, "--profile", profile, "--epochs", "3")
     code, first, _ = run_json(capsys, *args)
     assert code == 0 and first["samples_added"] == 12
-    moved = sorted((data / "zero").iterdir())[0]
-    shutil.move(moved, data / "one" / moved.name)  # the user fixes a wrong folder
-    shutil.copy(data / "one" / moved.name, data / "one" / "copy.png")  # same bytes twice
+    moved = sorted((data / "chelsea").iterdir())[0]
+    shutil.move(moved, data / "coffee" / moved.name)  # the user fixes a wrong folder
+    shutil.copy(data / "coffee" / moved.name, data / "coffee" / "copy.png")  # same bytes twice
     code, second, err = run_json(capsys, *args)
     assert code in (0, 1), err  # 1 when no epoch improved on the trained head
     assert (second["samples_added"], second["samples_relabelled"],
             second["samples_skipped"]) == (0, 1, 12)
-    assert second["counts"] == {"zero": 5, "one": 7} and second["samples"] == 12
+    assert second["counts"] == {"chelsea": 5, "coffee": 7} and second["samples"] == 12
     code, samples, _ = run_json(capsys, "samples", "list", "--profile", profile)
-    [sample] = [s for s in samples if s["source"] == str((data / "one" / moved.name).resolve())]
-    assert sample["label"] == "one" and len(sample["sha256"]) == 64
+    [sample] = [s for s in samples if s["source"] == str((data / "coffee" / moved.name).resolve())]
+    assert sample["label"] == "coffee" and len(sample["sha256"]) == 64
     code, out, _ = run(capsys, *args)
     assert "added 0 samples, skipped 13 already stored, relabelled 0" in out
 
 
 def test_one_class_is_refused_with_a_clear_message(bundle, tmp_path, capsys):
-    data = digit_folder(tmp_path / "data", digits=(3,))
+    data = image_folder(tmp_path / "data", classes=("rocket",))
     code, out, err = run(capsys, "train", bundle, "--data", data, "--profile",
                          tmp_path / "p", "--epochs", "3")
     assert code == 1 and out == ""
-    assert err.count("\n") == 1 and "at least two classes" in err and "three (6)" in err
+    assert err.count("\n") == 1 and "at least two classes" in err and "rocket (6)" in err
     assert "Nothing was added" in err
 
 
 def test_plain_progress_lines_off_a_terminal_and_none_with_json(bundle, tmp_path, capsys):
-    data = digit_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     code, out, err = run(capsys, "train", bundle, "--data", data, "--profile",
                          tmp_path / "p", "--epochs", "3")
     assert code == 0, err
@@ -92,7 +92,7 @@ def test_hyperparameters_are_checked_before_any_work(bundle, tmp_path, capsys):
 
 
 def test_precision_option(bundle, tmp_path, capsys):
-    data = digit_folder(tmp_path / "data")
+    data = image_folder(tmp_path / "data")
     code, result, err = run_json(capsys, "train", bundle, "--data", data, "--profile",
                                  tmp_path / "p", "--epochs", "2", "--precision", "int8")
     assert code == 1 and "int8" in result["error"]  # the tiny bundle has no int8 base
