@@ -281,3 +281,31 @@ def test_plan_of_a_uint8_nhwc_base_changes_nothing(tmp_path):
     assert plan.preset == "none" and not plan.changes_model and not plan.detected
     with pytest.raises(ValueError, match="preprocess must be 'none'"):
         plan_input(model, "imagenet")
+
+
+def test_exported_model_documents_its_input(cnn, tmp_path):
+    import json
+
+    from edgetune.runtime.personalizer import Personalizer
+
+    _, path, _ = cnn
+    saved = convert(path, "softmax", "adam", classes=2, lr=0.01, cut=_pool_cut(path),
+                    preprocess="imagenet").save(tmp_path / "cnn.edgetune")
+    images, labels = photo_crops(per_class=3, size=SIZE, classes=("chelsea", "rocket"))
+    with Personalizer(saved, profile=tmp_path / "profile", threads=1) as p:
+        for image, label in zip(images, labels):
+            p.add_sample(image, ["cat", "rocket"][label])
+        p.fit(epochs=5)
+        p.export(tmp_path / "personal.onnx")
+        want = p.predict(images[0])["scores"]
+    session = ort.InferenceSession(str(tmp_path / "personal.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    spec = json.loads(meta["edgetune.input"])
+    assert (spec["filter"], spec["crop"], spec["resize"]) == ("lanczos", "center", "cover")
+    assert spec["preprocessing"]["name"] == "imagenet"
+    line = meta["edgetune.preprocessing"]
+    assert "lanczos" in line and "center-crop" in line and "mean" in line, line
+    out = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {session.get_inputs()[0].name: images[:1]})))
+    assert np.isclose(out["probabilities"][0].max(), max(want.values()), atol=1e-5)

@@ -11,6 +11,7 @@ cannot collide with the base's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -84,9 +85,39 @@ def _name_of(message: bytes, number: int) -> str:
     return next((v.decode() for n, w, v in fields(message) if n == number and w == 2), "")
 
 
+def input_metadata(spec: Mapping) -> dict[str, str]:
+    """Metadata documenting the model's input for a caller without edgetune:
+    ``edgetune.input`` (the manifest's input, with ``filter``, ``crop`` and ``resize``
+    filled in for images) and ``edgetune.preprocessing``, one human-readable line."""
+    spec = dict(spec)
+    kind = spec.get("kind", "image")
+    if kind != "image":
+        shape = spec.get("shape")
+        line = (f"{kind} input {spec.get('name')!r}: {spec.get('dtype')} {shape}; "
+                f"fed as is")
+        return {"edgetune.input": json.dumps(spec), "edgetune.preprocessing": line}
+    spec.setdefault("filter", "lanczos")
+    spec.setdefault("crop", "center")
+    spec.setdefault("resize", "cover")
+    shape = spec.get("shape") or [None, 224, 224, 3]
+    height, width = shape[1], shape[2]
+    inside = (spec.get("preprocessing") or {}).get("formula")
+    line = (f"Feed uint8 RGB pixels, NHWC [batch, {height}, {width}, 3], to input "
+            f"{spec.get('name')!r}: resize the image with a {spec['filter']} filter so that "
+            f"it covers {width}x{height} (keep its aspect ratio; the shorter side fits), "
+            f"then {spec['crop']}-crop the overflow; no stretching, no borders, no "
+            f"normalization: the model normalizes inside"
+            + (f" ({inside})" if inside else "") + ".")
+    return {"edgetune.input": json.dumps(spec), "edgetune.preprocessing": line}
+
+
 def compose_standalone(base: bytes, infer: bytes, base_features: str, infer_features: str,
                        params: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
-    """base: image -> `base_features`; infer: `infer_features` + params -> outputs."""
+    """base: image -> `base_features`; infer: `infer_features` + params -> outputs.
+
+    An ``edgetune.input`` entry of `metadata` (the manifest's input as JSON) is completed
+    by :func:`input_metadata` (resize filter, crop, and an ``edgetune.preprocessing``
+    line), so the file documents how to prepare pixels."""
     base_graph, base_rest = _graph_of(base)
     infer_graph, _ = _graph_of(infer)
     output_names = {_name_of(v, VALUE_INFO_NAME)
@@ -122,6 +153,16 @@ def compose_standalone(base: bytes, infer: bytes, base_features: str, infer_feat
                                                                    MODEL_METADATA)]
     model.append(_field(MODEL_PRODUCER, "edgetune"))
     model.append(_field(MODEL_GRAPH, b"".join(parts)))
+    metadata = dict(metadata)
+    if "edgetune.input" in metadata:
+        try:
+            spec = json.loads(metadata["edgetune.input"])
+        except ValueError:
+            spec = None
+        if isinstance(spec, dict):
+            documented = input_metadata(spec)
+            metadata["edgetune.input"] = documented["edgetune.input"]
+            metadata.setdefault("edgetune.preprocessing", documented["edgetune.preprocessing"])
     for key, value in metadata.items():
         model.append(_field(MODEL_METADATA, _field(ENTRY_KEY, key) + _field(ENTRY_VALUE, value)))
     return b"".join(model)
