@@ -98,3 +98,16 @@ def test_precision_option(bundle, tmp_path, capsys):
     assert code == 1 and "int8" in result["error"]  # the tiny bundle has no int8 base
     code, out, err = run(capsys, "train", bundle, "--help")
     assert "--precision {fp32,int8}" in out and "recorded precision" in out
+
+
+def test_a_run_that_trains_nothing_says_why():
+    from edgetune.cli.train import _why_untrained
+
+    kept = {"event": "kept", "epoch": 0, "improved": False,
+            "message": "kept the starting parameters: no epoch fit the samples better"}
+    assert _why_untrained({"kept": kept, "epochs": 3, "events": [kept]}) == kept["message"]
+    stopped = {"event": "stopped", "message": "stopped after 3 rollbacks"}
+    assert _why_untrained({"kept": None, "epochs": 0, "events": [stopped]}) == \
+        "stopped after 3 rollbacks"
+    assert _why_untrained({"kept": {**kept, "improved": True}, "epochs": 3,
+                           "events": []}) is None

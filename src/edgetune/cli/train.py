@@ -136,7 +136,8 @@ def _text(result: dict) -> str:
              f"({result['samples']} in the profile: {counts})"]
     if result["epochs"]:
         lines.append(f"trained {result['epochs']} epochs, last loss {result['loss']:.4f}")
-    lines += [f"{e['event']}: {e['message']}" for e in result["events"] if e.get("message")]
+    lines += [e["message"] if e["event"] == "kept" else f"{e['event']}: {e['message']}"
+              for e in result["events"] if e.get("message")]
     if result["interrupted"]:
         lines.append(_interrupted_text(result))
     return "\n".join(lines)
