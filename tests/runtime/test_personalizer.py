@@ -233,7 +233,7 @@ def test_a_checkpoint_from_another_bundle_is_refused(bundle_path, tmp_path, phot
                                                      edgetune_cache):
     images, labels = photos
     p = Personalizer(bundle_path, profile=tmp_path / "me")
-    p.add_samples(list(images[:8]), _named(labels[:8]))
+    p.add_samples(list(images[4:12]), _named(labels[4:12]))  # two classes: a fit can improve
     p.fit(epochs=1)
     p.close()
     other = convert("efficientnet-lite0", "softmax", "sgd", classes=2, cache_dir=edgetune_cache)

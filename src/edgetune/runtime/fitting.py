@@ -4,11 +4,11 @@
                          follow=follow, accept=accept, rng=rng, stop=stop)
 
 Each epoch runs the bundle's training graphs over the samples in a random order, then
-measures the **objective**: the class-balanced cross-entropy of the head's
-probabilities on all of the user's samples (`probe`). Why this criterion: the user has
-no held-out set to spare (tens of samples), it is what every head is trained to lower,
-it is the same for every head and loss, and for the convex head problem its plateau
-means convergence.
+measures the **objective**: the bundle's own loss (with its L2 term) on all of the
+user's samples, with class-balanced weights (`probe`, see .objective). Why this
+criterion: the user has no held-out set to spare (tens of samples), it is exactly what
+the head is trained to lower, and for the convex head problem its plateau means
+convergence.
 
 - The best parameters seen, the starting ones included, are what the fit keeps: a fit
   never ends with parameters that fit the samples worse than those it started from.
@@ -170,16 +170,19 @@ def run_epoch(trainer: GraphTrainer, X, y, weights, batch_size: int) -> np.ndarr
                      for i in range(0, len(y), batch_size)])
 
 
-def probe_loss(probabilities: Callable[[np.ndarray], np.ndarray], X, y, weights) -> float:
-    """How well a head fits all samples, forward only: the weighted cross-entropy of
-    `probabilities(X_chunk)`. A divergence check, not the training loss (whatever loss
-    the bundle trains with)."""
-    probs = np.concatenate([probabilities(X[i:i + 256]) for i in range(0, len(y), 256)])
+def probe_loss(scores: Callable[[np.ndarray], np.ndarray], X, y, weights,
+               rows: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> float:
+    """How well a head fits all samples, forward only: the weighted mean of `rows(
+    scores(X_chunk), y)` (the bundle's loss on the logits, see .objective), or without
+    `rows` the cross-entropy of `scores` taken as probabilities."""
+    out = np.concatenate([scores(X[i:i + 256]) for i in range(0, len(y), 256)])
     with np.errstate(all="ignore"):
-        picked = np.clip(probs[np.arange(len(y)), y], 1e-30, None)
-        rows = -np.log(picked)
+        if rows is None:
+            values = -np.log(np.clip(out[np.arange(len(y)), y], 1e-30, None))
+        else:
+            values = rows(out.astype(np.float64), y)
         w = np.ones(len(y)) if weights is None else weights
-        return float((rows * w).sum() / max(float(w.sum()), 1e-12))
+        return float((values * w).sum() / max(float(w.sum()), 1e-12))
 
 
 def divergence(fit: float, reference: float, values: dict, scale: dict,

@@ -46,6 +46,7 @@ from edgetune.runtime.fitting import (
     suggested_lr,
 )
 from edgetune.runtime.lock import ProfileLock
+from edgetune.runtime.objective import row_losses
 from edgetune.runtime.prototypes import PrototypeClassifier
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, bundle_session
@@ -479,14 +480,21 @@ class Personalizer:
                 self._publish()
 
     def _probe(self, values: dict, X, y, weights) -> float:
+        """The fit's objective under `values` (see .fitting, .objective)."""
         feeds = {p["infer_input"]: values[p["train_input"]] for p in self.bundle.params}
         names, outputs = self._infer_io
+        rows = row_losses(self.bundle.manifest.get("loss")) if "logits" in outputs else None
+        output = outputs["logits"] if rows else outputs["probabilities"]
 
-        def probabilities(chunk):
-            return self._infer.run([outputs["probabilities"]],
-                                   {names["features"]: chunk, **feeds})[0]
+        def scores(chunk):
+            return self._infer.run([output], {names["features"]: chunk, **feeds})[0]
 
-        return probe_loss(probabilities, X, y, weights)
+        value = probe_loss(scores, X, y, weights, rows)
+        l2 = self.bundle.manifest.get("l2") or 0.0
+        if rows and isinstance(l2, int | float) and l2 > 0:  # the graphs' L2 term
+            value += 0.5 * l2 * sum(float(np.sum(np.square(values[n], dtype=np.float64)))
+                                    for n in self._trainable_names)
+        return value
 
     def start_training(self, epochs: int = EPOCHS,
                        callback: Callable[[dict], None] | None = None, **kwargs) -> None:
