@@ -71,7 +71,8 @@ def add_commands(add) -> None:
                    help="initial number of classes (more can be added later)")
     p.add_argument("--optimizer", default=defaults.OPTIMIZER,
                    help="sgd | momentum | adam | adamw")
-    p.add_argument("--lr", type=options.lr, help="learning rate (default: the optimizer's)")
+    p.add_argument("--lr", type=options.lr, help="learning rate (default: for a head 0.01 "
+                   "with Adam or AdamW, 0.1 with SGD or momentum; else the optimizer's own)")
     p.add_argument("--loss", help="the loss by name, e.g. cross-entropy or hinge (default: "
                    "the head's own; an unknown name lists the choices)")
     p.add_argument("--weight-decay", type=options.non_negative("weight decay"),

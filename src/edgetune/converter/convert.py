@@ -37,6 +37,7 @@ from edgetune.converter.optimizers import OPTIMIZERS, Optimizer
 from edgetune.converter.preprocess import InputPlan, plan_input, wrap
 from edgetune.converter.rewrite import pointwise_head_as_gemm
 from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
+from edgetune.hyperparams import check_classes, check_lr, check_non_negative
 
 ZOO = {"efficientnet-lite0": efficientnet_lite0}
 
@@ -91,9 +92,10 @@ def resolve_head(head: Head | str | os.PathLike | None, classes: int | None) -> 
 
 
 def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
-                      weight_decay: float | None) -> Optimizer:
-    """An Optimizer from an object or a name of OPTIMIZERS; none given:
-    `edgetune.defaults.OPTIMIZER` with `edgetune.defaults.LR` unless `lr` is given."""
+                      weight_decay: float | None, trainable: str = "head") -> Optimizer:
+    """An Optimizer from an object or a name of OPTIMIZERS (none: `defaults.OPTIMIZER`).
+    Without `lr`, a head trains at `defaults.HEAD_LR` (measured to converge), deeper
+    training at the optimizer's own default."""
     if isinstance(optimizer, Optimizer):
         return optimizer
     name = optimizer or defaults.OPTIMIZER
@@ -101,11 +103,11 @@ def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
         raise ValueError(f"optimizer {name!r} is not one of {sorted(OPTIMIZERS)}")
     kwargs = {}
     if lr is not None:
-        kwargs["lr"] = lr
-    elif optimizer is None:
-        kwargs["lr"] = defaults.LR
+        kwargs["lr"] = check_lr(lr)
+    elif str(trainable) == "head" and name in defaults.HEAD_LR:
+        kwargs["lr"] = defaults.HEAD_LR[name]
     if weight_decay is not None:
-        kwargs["weight_decay"] = weight_decay
+        kwargs["weight_decay"] = check_non_negative(weight_decay, "weight decay")
     return OPTIMIZERS[name](**kwargs)
 
 
@@ -257,9 +259,12 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     height and width are dynamic.
     """
     mode = Trainable.parse(trainable)
+    if classes is not None:
+        classes = check_classes(classes)
+    l2 = check_non_negative(l2, "l2")
     loss = resolve_loss(loss)
     head = resolve_head(head, classes)
-    optimizer = resolve_optimizer(optimizer, lr, weight_decay)
+    optimizer = resolve_optimizer(optimizer, lr, weight_decay, str(mode))
     base_model, base_name, plan, repairs = prepare_base(
         base, cut, cache_dir, preprocess=preprocess, input_size=input_size)
     image_name, features_name = _io_names(base_model)

@@ -12,8 +12,8 @@ as one standalone ONNX file.
 Defaults:
 
 - bundle: the profile's own copy if it has one, else the default bundle
-  (EfficientNet-Lite0 + softmax head, Adam 1e-3), built once with
-  :func:`edgetune.converter.convert.convert` into ``cache_dir()/default-2.edgetune``
+  (EfficientNet-Lite0 + softmax head, the default optimizer), built once with
+  :func:`edgetune.converter.convert.convert` into ``cache_dir()/default-3.edgetune``
   (:func:`edgetune.paths.cache_dir`). Building needs the ``build`` extra; a device with
   only a bundle does not.
 - profile: :func:`edgetune.paths.default_profile`.

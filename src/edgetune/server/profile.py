@@ -15,11 +15,11 @@ from edgetune.paths import default_profile
 
 __all__ = ["DEFAULT_BUNDLE_NAME", "default_bundle", "default_profile"]
 
-DEFAULT_BUNDLE_NAME = "default-2.edgetune"  # -2: the Scan epoch layout
+DEFAULT_BUNDLE_NAME = "default-3.edgetune"  # -3: the head defaults (Adam 1e-2)
 
 
 def default_bundle(cache_dir: str | os.PathLike | None = None, *, log=None) -> Path:
-    """The default bundle (EfficientNet-Lite0 + softmax head, Adam lr 1e-3), built into
+    """The default bundle (EfficientNet-Lite0 + softmax head, the default optimizer), built into
     the cache the first time (a few seconds; needs the ``build`` extra)."""
     path = paths.cache_dir(cache_dir) / DEFAULT_BUNDLE_NAME
     if (path / "manifest.json").is_file():
@@ -32,7 +32,7 @@ def default_bundle(cache_dir: str | os.PathLike | None = None, *, log=None) -> P
         raise EdgetuneError(f"no bundle given and the default bundle {path} is not built yet; "
                             f"building it needs the build extra (pip install "
                             f"'edgetune[build]'): {e}") from None
-    bundle = convert("efficientnet-lite0", "softmax", "adam", classes=2, lr=1e-3,
+    bundle = convert("efficientnet-lite0", "softmax", classes=2,
                      cache_dir=cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
