@@ -12,7 +12,7 @@ from edgetune.errors import BadInputError
 __all__ = ["MAX_BATCH_SIZE", "MAX_CLASSES", "MAX_EPOCHS", "check_batch_size",
            "check_classes", "check_epochs", "check_lr", "check_non_negative"]
 
-MAX_EPOCHS = 100_000
+MAX_EPOCHS = 1_000_000  # 'until stopped' in practice (start_training)
 MAX_BATCH_SIZE = 1 << 20
 MAX_CLASSES = 100_000
 

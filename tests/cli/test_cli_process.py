@@ -26,7 +26,8 @@ def many(tmp_path_factory):
 
 def _train(bundle, data, profile, *extra):
     return subprocess.Popen([str(EXE), "train", bundle, "--data", str(data), "--profile",
-                             str(profile), "--epochs", "100000", "--batch-size", "1", *extra],
+                             str(profile), "--epochs", "100000", "--batch-size", "1",
+                             "--no-early-stop", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

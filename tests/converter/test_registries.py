@@ -55,7 +55,10 @@ def test_optimizer_defaults():
     assert resolve_optimizer(None, None, None) == Adam(lr=defaults.LR)
     assert defaults.OPTIMIZER == "adam"
     assert resolve_optimizer(None, 0.05, None) == Adam(lr=0.05)
-    assert resolve_optimizer("sgd", None, None) == SGD()
+    # a head trains at the measured HEAD_LR; deeper training at the optimizer's own
+    assert resolve_optimizer("sgd", None, None) == SGD(lr=defaults.HEAD_LR["sgd"])
+    assert resolve_optimizer("sgd", None, None, "last:1") == SGD()
+    assert resolve_optimizer("adam", None, None, "bias:1") == Adam()
     assert resolve_optimizer("sgd", 0.1, 0.01) == SGD(lr=0.1, weight_decay=0.01)
 
 
@@ -64,7 +67,7 @@ def test_convert_takes_a_loss_by_name_and_names_the_class_columns(tmp_path):
     bundle = convert(base, SoftmaxClassifier(3), "adam", loss="hinge")
     manifest = bundle.manifest
     assert manifest["loss"]["name"] == "MultiClassHinge"
-    assert manifest["optimizer"] == Adam().config()
+    assert manifest["optimizer"] == Adam(lr=defaults.HEAD_LR["adam"]).config()
     assert manifest["classes"] == {"dimension": "classes", "initial": 3,
                                    "weight": "head.weight", "bias": "head.bias"}
     params = {p["name"]: p for p in manifest["params"]}

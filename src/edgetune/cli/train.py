@@ -31,7 +31,7 @@ def train(args) -> int:
         _add(args, p, work, sig)
         history = [] if sig.requested else p.fit(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            callback=_on_record(args, sig))
+            early_stop=not args.no_early_stop, callback=_on_record(args, sig))
         result = _result(p, work, history, sig.requested)
     report(args, work.failures)
     return _finish(args, result)
@@ -174,7 +174,9 @@ def add_commands(add) -> None:
     p.add_argument("--data", required=True, help="DIR/<class>/<file> folders (required)")
     options.add_profile(p)
     p.add_argument("--epochs", type=options.epochs, default=defaults.EPOCHS,
-                   help="at most this many epochs (training stops early on a plateau)")
+                   help="at most this many epochs (training stops early once it has converged)")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="train all --epochs even after convergence (the best are still kept)")
     p.add_argument("--batch-size", type=options.batch_size, help="samples per step "
                    "(default: 32)")
     p.add_argument("--lr", type=options.lr, help="learning rate (default: the bundle's)")
