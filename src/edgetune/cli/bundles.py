@@ -17,7 +17,8 @@ def convert(args) -> int:
 
     bundle = build(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
                    loss=args.loss, weight_decay=args.weight_decay, classes=args.classes,
-                   cut=args.cut, trainable=args.train, quantize=args.quantize, l2=args.l2)
+                   cut=args.cut, trainable=args.train, quantize=args.quantize, l2=args.l2,
+                   preprocess=args.preprocess, input_size=args.input_size)
     with writing(args.output):
         path = bundle.save(args.output, overwrite=args.force)
     info = bundle.describe()
@@ -33,11 +34,51 @@ def convert(args) -> int:
 
 
 def inspect(args) -> int:
+    from pathlib import Path
+
+    if Path(args.bundle).is_file():  # an ONNX model: what it takes, where it can be cut
+        from edgetune.converter.inspect import describe_model
+
+        info = describe_model(args.bundle, tensors=args.tensors)
+        emit(args, info, "\n".join(_model_lines(info)))
+        return 0
     from edgetune.bundle import Bundle
 
     info = Bundle.load(args.bundle).describe()
     emit(args, info, "\n".join(_inspect_lines(info)))
     return 0
+
+
+def _model_lines(info: dict) -> list[str]:
+    lines = [f"{info['file']}: ONNX model, opset {info['opset']}, {info['node_count']} nodes "
+             f"({info.get('producer') or 'unknown producer'})"]
+    lines += [f"input     {i['name']} {i['dtype']} {i['shape']}" for i in info["inputs"]]
+    lines += [f"output    {o['name']} {o['dtype']} {o['shape']}" for o in info["outputs"]]
+    plan = info.get("input") or {}
+    if plan.get("kind"):
+        pre = plan.get("preprocessing") or {}
+        lines.append(f"as a base {plan['kind']}; preprocessing {pre.get('name', 'none')} "
+                     f"({pre.get('chosen', 'given')}): {pre.get('formula', '')}".rstrip(": "))
+    else:
+        lines.append(f"as a base: cannot be fed as is: {plan.get('problem')}")
+    lines += [f"repaired  {r}" for r in info.get("repairs", [])]
+    if info.get("block_boundaries"):
+        lines.append(f"blocks    {len(info['block_boundaries'])} boundaries for last:K, the "
+                     f"last {info['block_boundaries'][-1]}")
+    elif info.get("block_problem"):
+        lines.append(f"blocks    {info['block_problem']}")
+    if info.get("suggested_cut"):
+        lines.append(f"cut       --cut {info['suggested_cut']} (suggested)")
+    if info.get("tensors"):
+        lines.append("candidate cut tensors (--cut NAME), by depth:")
+        for t in info["tensors"]:
+            mark = "*" if t.get("good_cut") else ("|" if t.get("boundary") else " ")
+            lines.append(f" {mark} {t['name']:28s} {str(t['shape']):24s} {t['op']:18s} "
+                         f"depth {t['depth']}")
+        lines.append("(* a good cut: pooled features; | a block boundary)")
+    else:
+        lines.append("--tensors lists the candidate cut tensors")
+    return lines
 
 
 def _inspect_lines(info: dict) -> list[str]:
@@ -84,13 +125,22 @@ def add_commands(add) -> None:
     p.add_argument("--quantize", metavar="CALIB_DIR",
                    help="also write an int8 base calibrated on the images in CALIB_DIR "
                    "(default: no int8 base)")
+    p.add_argument("--preprocess", metavar="NAME",
+                   help="how the base wants pixels, wrapped into the base graph: imagenet | "
+                   "unit | symmetric | raw | none | tensor (default: detected and stated)")
+    p.add_argument("--input-size", type=options.input_size, metavar="HxW",
+                   help="height and width for a base whose input size is dynamic")
     p.add_argument("-o", "--output", required=True, help="OUT.edgetune directory (required)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists "
                    "(default: refuse)")
     options.add_json(p)
     p.set_defaults(run=convert)
 
-    p = add("inspect", help="show what a bundle holds and verify its hashes")
-    p.add_argument("bundle", help="a bundle directory (NAME.edgetune)")
+    p = add("inspect", help="show what a bundle holds and verify its hashes, or what an ONNX "
+            "model takes and where it can be cut")
+    p.add_argument("bundle", metavar="BUNDLE|MODEL.onnx",
+                   help="a bundle directory (NAME.edgetune) or an ONNX model file")
+    p.add_argument("--tensors", action="store_true",
+                   help="for an ONNX model: list the candidate cut tensors")
     options.add_json(p)
     p.set_defaults(run=inspect)

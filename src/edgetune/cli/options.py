@@ -10,7 +10,8 @@ from edgetune import hyperparams
 from edgetune.errors import BadInputError
 
 __all__ = ["PROFILE_HELP", "DefaultsFormatter", "add_json", "add_profile", "add_strict",
-           "add_wait", "batch_size", "checked", "classes", "epochs", "lr", "non_negative"]
+           "add_wait", "batch_size", "checked", "classes", "epochs", "input_size", "lr",
+           "non_negative"]
 
 class DefaultsFormatter(argparse.HelpFormatter):
     """Help that shows each option's default, unless it has none or already says it."""
@@ -46,6 +47,18 @@ lr = checked(float, hyperparams.check_lr)
 epochs = checked(int, hyperparams.check_epochs)
 batch_size = checked(int, hyperparams.check_batch_size)
 classes = checked(int, hyperparams.check_classes)
+
+
+def input_size(text: str) -> tuple[int, int]:
+    """HxW (e.g. 224x224) or one number for a square."""
+    parts = text.lower().split("x")
+    try:
+        height, width = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW, e.g. 224x224") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be at least 1")
+    return height, width
 
 
 def non_negative(name: str) -> Callable[[str], float]:
