@@ -110,8 +110,8 @@ def add_commands(add) -> None:
     p.add_argument("--head", default="softmax", help="softmax | mlp:HIDDEN | svm | HEAD.onnx")
     p.add_argument("--classes", type=options.classes, default=2,
                    help="initial number of classes (more can be added later)")
-    p.add_argument("--optimizer", default=defaults.OPTIMIZER,
-                   help="sgd | momentum | adam | adamw")
+    p.add_argument("--optimizer", help=f"sgd | momentum | adam | adamw (default: "
+                   f"{defaults.OPTIMIZER}; sgd for the svm head)")
     p.add_argument("--lr", type=options.lr, help="learning rate (default: for a head 0.01 "
                    "with Adam or AdamW, 0.1 with SGD or momentum; else the optimizer's own)")
     p.add_argument("--loss", help="the loss by name, e.g. cross-entropy or hinge (default: "

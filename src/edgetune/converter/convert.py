@@ -264,6 +264,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     l2 = check_non_negative(l2, "l2")
     loss = resolve_loss(loss)
     head = resolve_head(head, classes)
+    if optimizer is None and isinstance(head, Head):
+        optimizer = head.default_optimizer
     optimizer = resolve_optimizer(optimizer, lr, weight_decay, str(mode))
     base_model, base_name, plan, repairs = prepare_base(
         base, cut, cache_dir, preprocess=preprocess, input_size=input_size)

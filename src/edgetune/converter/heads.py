@@ -33,6 +33,10 @@ class Head:
     output_params: ClassVar[tuple[str, str]] = (f"{OUTPUT_LAYER}.weight",
                                                 f"{OUTPUT_LAYER}.bias")
 
+    #: The optimizer a head trains with when none is named (edgetune.defaults.OPTIMIZER
+    #: unless a head measures better with another: bench/head_accuracy.py).
+    default_optimizer: ClassVar[str | None] = None
+
     def default_loss(self) -> Loss:
         return SoftmaxCrossEntropy()
 
@@ -76,6 +80,10 @@ class SoftmaxClassifier(Head):
 @dataclass
 class LinearSVM(SoftmaxClassifier):
     """One linear layer trained with the multi-class hinge loss."""
+
+    # Adam's sign-like steps stall on the piecewise-linear hinge: 4-6 points below SGD
+    # at 5 samples per class (bench/head_accuracy.py).
+    default_optimizer: ClassVar[str | None] = "sgd"
 
     def default_loss(self) -> Loss:
         return MultiClassHinge()
