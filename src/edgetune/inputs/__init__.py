@@ -37,6 +37,7 @@ __all__ = [
     "Preparer",
     "PreparerFactory",
     "TensorPreparer",
+    "describe_input",
     "kind_of",
     "known_kinds",
     "list_class_folder",
@@ -125,7 +126,7 @@ class Preparer:
 
     def describe(self, item) -> str:
         """A short name of an input for messages."""
-        return _describe(item, self.noun)
+        return describe_input(item, self.noun)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kind={self.kind!r}, name={self.name!r}, " \
@@ -324,7 +325,8 @@ def _article(noun: str) -> str:
     return "an" if noun[:1].lower() in "aeiou" else "a"
 
 
-def _describe(obj: object, noun: str) -> str:
+def describe_input(obj: object, noun: str) -> str:
+    """A short name of an input for error messages: `noun file PATH`, bytes, array."""
     if isinstance(obj, (str, os.PathLike)):
         return f"{noun} file {os.fspath(obj)}"
     if isinstance(obj, (bytes, bytearray, memoryview)):

@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 
 from edgetune.defaults import MIN_IMAGE_SIZE
 from edgetune.errors import BadInputError
-from edgetune.inputs import Preparer, list_class_folder
+from edgetune.inputs import Preparer, describe_input, list_class_folder
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -241,14 +241,10 @@ def _check_size(size: tuple[int, int] | int) -> tuple[int, int]:
 
 def _describe(obj: object) -> str:
     """A short name of an input for error messages."""
-    if isinstance(obj, (str, os.PathLike)):
-        return f"image file {os.fspath(obj)}"
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return f"image bytes ({len(obj)} bytes)"
-    if isinstance(obj, np.ndarray):
-        return f"image array of shape {obj.shape} and dtype {obj.dtype}"
     if isinstance(obj, Image.Image):
         return f"PIL image ({obj.mode}, {obj.size[0]}x{obj.size[1]})"
+    if isinstance(obj, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)):
+        return describe_input(obj, "image")
     return f"input of type {type(obj).__name__}"
 
 
