@@ -91,16 +91,28 @@ class LinearSVM(SoftmaxClassifier):
 
 @dataclass
 class MLP(Head):
-    """One hidden ReLU layer (He-initialized), then a linear layer to the classes."""
+    """One hidden ReLU layer (He-initialized) beside a linear path to the classes:
+    logits = head(x) + out(relu(hidden(x))). The linear path is the output layer that
+    weight imprinting starts at the class means, and `out` starts at zero, so training
+    starts from the linear classifier and adds only what the hidden layer learns (plain
+    one-hidden-layer MLPs fell 1.5-2.5 points below it at 5-10 samples per class).
+    residual=False: the plain MLP."""
 
     hidden: int = 128
+    residual: bool = True
 
     def layers(self, b, x, dim, rng):
         h, shapes = _linear(b, x, "hidden", dim, self.hidden, rng, np.sqrt(2.0 / dim),
                             self.hidden)
-        logits, out_shapes = _linear(b, b.Relu(h), OUTPUT_LAYER, self.hidden, self.classes, rng,
-                                     np.sqrt(1.0 / self.hidden), CLASSES)
-        return logits, {**shapes, **out_shapes}
+        if not self.residual:
+            logits, out_shapes = _linear(b, b.Relu(h), OUTPUT_LAYER, self.hidden,
+                                         self.classes, rng, np.sqrt(1.0 / self.hidden),
+                                         CLASSES)
+            return logits, {**shapes, **out_shapes}
+        learned, out_shapes = _linear(b, b.Relu(h), "out", self.hidden, self.classes, rng,
+                                      0.0, CLASSES)
+        linear, skip_shapes = _linear(b, x, OUTPUT_LAYER, dim, self.classes, rng, 0.0, CLASSES)
+        return linear + learned, {**shapes, **out_shapes, **skip_shapes}
 
 
 #: CLI names -> head classes (``--head softmax|mlp:HIDDEN|svm``).
