@@ -52,7 +52,7 @@ def _batches(n, batch, steps, seed=0):
 @pytest.mark.parametrize("name,ours,theirs", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
 def test_optimizer_matches_torch_for_50_steps(digits, name, ours, theirs):
     x, y = digits
-    head, shapes = MLP(classes=10, hidden=32, seed=1).build([64])
+    head, shapes = MLP(classes=10, hidden=32, seed=1, residual=False).build([64])
     graphs = build_training_graphs(head, SoftmaxCrossEntropy(), ours, param_shapes=shapes)
     trainer = trainer_for(graphs, lr=ours.lr)
     tparams = {k: torch.tensor(v, requires_grad=True) for k, v in graphs.initial.items()}
@@ -152,7 +152,7 @@ def test_sample_weights_match_a_weighted_torch_mean(digits):
 
 def test_l2_regularization_matches_torch_weight_decay(digits):
     x, y = digits
-    head, shapes = MLP(classes=10, hidden=16).build([64])
+    head, shapes = MLP(classes=10, hidden=16, residual=False).build([64])
     graphs = build_training_graphs(head, SoftmaxCrossEntropy(), SGD(lr=0.1), l2=0.01,
                                    param_shapes=shapes)
     trainer = trainer_for(graphs, lr=0.1)
