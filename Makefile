@@ -8,7 +8,8 @@ SYSTEM_STAMP := $(VENV)/.installed-system
 # What the tests need from the system: real data (Fashion-MNIST), the browser for the
 # page's end-to-end tests, Node.js for the JavaScript runtime test.
 # (Node.js counts as present when `npm` runs, however it was installed.)
-SYSTEM_PACKAGES := dataset-fashion-mnist chromium
+# espeak-ng and flite speak the words of the speech tests; sox mixes their noise.
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium espeak-ng flite sox
 
 .PHONY: run test lint bench clean system
 
@@ -19,17 +20,17 @@ $(VENV)/bin/python:
 # Running needs the runtime, the converter (the default bundle is built on first
 # start) and the web app; not the test tools.
 $(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli]'
+	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,dev]'
+	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio,dev]'
 	touch $@ $(RUN_STAMP)
 
 # System packages: installed with apt-get when run as root, else the exact command is
 # printed and the target fails, so a test never fails or skips for want of them.
 system: $(SYSTEM_STAMP)
-$(SYSTEM_STAMP): | $(VENV)/bin/python
+$(SYSTEM_STAMP): Makefile | $(VENV)/bin/python
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" \
 	    || missing="$$missing $$p"; done; \
