@@ -8,7 +8,7 @@ once; every method then works on those same features:
 
 - prototypes: what `Personalizer.predict` answers before training (cosine to class means);
 - softmax head trained by `Personalizer.fit()` with its defaults, once for a bundle built
-  with `convert()`'s default optimizer (SGD, lr 0.01) and once with Adam (lr 1e-3);
+  with SGD (lr 0.01, `convert()`'s default before issue 12) and once with Adam (lr 1e-3);
 - scikit-learn `LogisticRegression` (C=1.0, lbfgs, max_iter=1000) on the raw features.
 
 Writes the section "Few-shot accuracy on Fashion-MNIST" of BENCHMARKS.md.
@@ -226,7 +226,7 @@ def main() -> None:
         "",
         "Settings. Bundles: `convert(base=\"efficientnet-lite0\", "
         "head=SoftmaxClassifier(10), optimizer=...)` with `SGD()` (lr 0.01, `convert()`'s "
-        "default optimizer) and with `Adam(lr=1e-3)` (the DESIGN.md example); built in "
+        "default optimizer then) and with `Adam(lr=1e-3)` (the DESIGN.md example); built in "
         f"{convert_s:.1f} s. `fit()` defaults: at most 20 epochs, batch size min(32, samples), "
         "the bundle's lr, class-balanced sample weights, early stop after 5 epochs without a "
         "0.1% loss improvement; the head starts from weights imprinted from the class means "
