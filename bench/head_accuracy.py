@@ -155,7 +155,8 @@ def render(scores: dict, seeds: int) -> str:
                                                    for o in OPTIMIZERS]
     head = "| method | " + " | ".join(f"{n} {k}/class" for n in names for k in SHOTS) + " |"
     lines = [HEADING, "",
-             f"{machine()}; code {revision()}. Mean test accuracy over {seeds} seeds; "
+             f"{machine('onnxruntime', 'scikit-learn')[:-1]}; code {revision()}. "
+             f"Mean test accuracy over {seeds} seeds; "
              f"edgetune trains with `Personalizer.fit()` defaults (at most 100 epochs, "
              f"stops on the objective's plateau, keeps the best parameters) from "
              f"`convert()`'s default learning rate for a head; scikit-learn at its "
