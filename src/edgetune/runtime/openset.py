@@ -1,0 +1,168 @@
+"""Open-set answers: "unknown" for an input far from every class the user taught.
+
+A classifier always picks one of its classes, so an unrelated photo (or, for a wake
+word detector, any other sound) gets a confident label. The rule here looks at the
+cached features only, not at the head, so it works the same for every head and
+before training (prototype answers) as after it:
+
+- the distance of an input to a class is the cosine distance ``1 - cos(x, p_c)`` to
+  the class prototype ``p_c`` (the L2-normalized mean of the class's L2-normalized
+  features, as in :class:`~edgetune.runtime.prototypes.PrototypeClassifier`);
+- each class gets a threshold calibrated from the user's own samples: the
+  leave-one-out distance of each sample to the prototype of the *other* samples of
+  its class, its ``QUANTILE`` (0.95) quantile, times ``MARGIN`` (2). Classes with
+  fewer than ``MIN_OWN`` (5) samples use at least the pooled threshold of all classes
+  (the same quantile over every leave-one-out distance), so one or two samples do not
+  make a class accept nothing (1 sample) or everything (2 very different samples:
+  their own quantile still counts when larger);
+- an answer is *unknown* when the input is farther than its threshold from the class
+  the head (or the prototypes) picked.
+
+What it guarantees: for a class with ``MIN_OWN`` or more samples, at least 95% of its
+own samples, each judged against a prototype that has not seen it, lie within
+``threshold / MARGIN``; the margin leaves room for new inputs being more spread than
+the leave-one-out estimate (measured on held-out photo crops: 97-100% accepted).
+Nothing is promised for unrelated inputs; measured with EfficientNet-Lite0, unrelated
+photos lie at 0.63-0.88 from the nearest prototype while the thresholds are 0.2-0.4
+(all rejected; BENCHMARKS.md).
+The distance to the nearest sample of a class was measured as well: as good on
+EfficientNet-Lite0 (AUROC 1.0 both), slightly better on a tiny 8-feature base, but the
+prototype needs no stored samples at prediction time, which is what the "speaker
+space" comparison asks for (a prototype plus a calibrated distance).
+
+Until some class has two samples nothing can be calibrated: the threshold is None
+and nothing is rejected.
+
+The background class: a class named ``BACKGROUND`` ("none"): recorded noise, other
+speech, other objects. It is trained like any other class and answered as "none";
+it has no threshold (a background is diverse by nature) and is left out of the
+pooled calibration. In a profile that has it, an open-set rejection is answered
+"none" too (with ``"unknown": true``), so a detector's answers are its classes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["BACKGROUND", "MARGIN", "MIN_OWN", "QUANTILE", "UNKNOWN", "Calibration",
+           "calibrate", "distances", "judge", "loo_distances"]
+
+UNKNOWN = "unknown"  # the label of an input far from the class it would get
+BACKGROUND = "none"  # the background class's name: never rejected, absorbs rejections
+QUANTILE = 0.95
+MARGIN = 2.0  # 1.5 accepted 92-97% of held-out crops, 2.0 97-100% (BENCHMARKS.md)
+MIN_OWN = 5  # samples a class needs before its own threshold may be below the pooled one
+_EPS = 1e-12
+
+
+def _normalize(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), _EPS)
+
+
+@dataclass
+class Calibration:
+    """Per-class thresholds on the cosine distance to the class prototype.
+
+    thresholds: class name -> threshold, or None (background, a class without
+    samples, nothing calibrated yet). signature: what the samples were (counts and
+    ids) so a stored calibration is reused only for the same samples.
+    """
+
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    pooled: float | None = None
+    signature: str = ""
+    quantile: float = QUANTILE
+    margin: float = MARGIN
+
+    def to_json(self) -> str:
+        return json.dumps({"thresholds": self.thresholds, "pooled": self.pooled,
+                           "signature": self.signature, "quantile": self.quantile,
+                           "margin": self.margin}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Calibration | None:
+        """A stored calibration, or None if absent or unreadable (then it is recomputed)."""
+        if not text:
+            return None
+        try:
+            raw = json.loads(text)
+            thresholds = {str(k): (None if v is None else float(v))
+                          for k, v in raw["thresholds"].items()}
+            pooled = raw.get("pooled")
+            return cls(thresholds, None if pooled is None else float(pooled),
+                       str(raw.get("signature", "")), float(raw.get("quantile", QUANTILE)),
+                       float(raw.get("margin", MARGIN)))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+def loo_distances(X: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each sample's cosine distance to the prototype of the other samples of its class
+    (NaN for a class's only sample): float64 ``[n]``."""
+    Z = _normalize(X) if len(X) else np.zeros((0, 1))
+    y = np.asarray(y, np.int64)
+    sums = np.zeros((n_classes, Z.shape[1]))
+    np.add.at(sums, y, Z)
+    counts = np.bincount(y, minlength=n_classes)
+    out = np.full(len(Z), np.nan)
+    rest = sums[y] - Z
+    norms = np.linalg.norm(rest, axis=1)
+    ok = (counts[y] > 1) & (norms > _EPS)
+    out[ok] = 1.0 - np.einsum("ij,ij->i", rest[ok], Z[ok]) / norms[ok]
+    return out
+
+
+def calibrate(X: np.ndarray, y: np.ndarray, classes: list[str], signature: str = "",
+              quantile: float = QUANTILE, margin: float = MARGIN) -> Calibration:
+    """Thresholds from the samples ``X`` ``[n, ...]`` with labels ``y`` (indices into
+    ``classes``); see the module docstring for the rule."""
+    d = loo_distances(X, y, len(classes))
+    y = np.asarray(y, np.int64)
+    counts = np.bincount(y, minlength=len(classes))
+    foreground = np.array([c != BACKGROUND for c in classes], bool)
+    pool = d[np.isfinite(d) & foreground[y]] if len(d) else d
+    pooled = float(np.quantile(pool, quantile) * margin) if len(pool) else None
+    thresholds: dict[str, float | None] = {}
+    for i, name in enumerate(classes):
+        own = d[(y == i) & np.isfinite(d)]
+        if name == BACKGROUND or counts[i] == 0:
+            thresholds[name] = None
+            continue
+        t = float(np.quantile(own, quantile) * margin) if len(own) else None
+        if counts[i] < MIN_OWN and pooled is not None:
+            t = pooled if t is None else max(t, pooled)
+        thresholds[name] = t
+    return Calibration(thresholds, pooled, signature, quantile, margin)
+
+
+def distances(feats: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Cosine distances ``[n, C]`` of features to prototypes (rows of ``means``, already
+    L2-normalized; a zero row, a class without samples, is at distance 1)."""
+    return 1.0 - _normalize(feats) @ np.asarray(means, np.float64).reshape(len(means), -1).T
+
+
+def judge(answer: dict, distance: float | None, calibration: Calibration,
+          background: bool) -> dict:
+    """The open-set form of one answer ``{"label", "scores", ...}``: adds ``unknown``,
+    ``class`` (the class picked), ``distance`` and ``threshold``; the label becomes
+    "unknown" (or "none" when the profile has the background class ``background``)
+    when the input is farther than the threshold of the class picked."""
+    picked = answer["label"]
+    threshold = calibration.thresholds.get(picked)
+    if picked == BACKGROUND:
+        far = False
+    elif distance is None or not np.isfinite(distance):
+        far = True  # a class without samples: nothing vouches for it
+    else:
+        far = threshold is not None and distance > threshold
+    out = dict(answer)
+    out.update({"unknown": bool(far), "class": picked,
+                "distance": None if distance is None else round(float(distance), 6),
+                "threshold": None if threshold is None else round(float(threshold), 6)})
+    if far:
+        out["label"] = BACKGROUND if background else UNKNOWN
+    return out
