@@ -8,6 +8,7 @@ import sys
 
 from edgetune import __version__
 from edgetune.cli.bundles import add_commands as bundle_commands
+from edgetune.cli.listen import add_commands as listen_commands
 from edgetune.cli.manage import add_commands as manage_commands
 from edgetune.cli.options import DefaultsFormatter
 from edgetune.cli.output import to_json
@@ -39,7 +40,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     def add(name, **kwargs):
         return sub.add_parser(name, formatter_class=DefaultsFormatter, **kwargs)
 
-    for add_commands in (bundle_commands, train_commands, use_commands, manage_commands,
-                         serve_commands):
+    for add_commands in (bundle_commands, train_commands, use_commands, listen_commands,
+                         manage_commands, serve_commands):
         add_commands(add)
     return parser
