@@ -47,6 +47,7 @@ from edgetune.runtime.fitting import (
 )
 from edgetune.runtime.lock import ProfileLock
 from edgetune.runtime.objective import row_losses
+from edgetune.runtime.openset import BACKGROUND, Calibration, calibrate, distances, judge
 from edgetune.runtime.prototypes import PrototypeClassifier
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, bundle_session
@@ -58,6 +59,7 @@ HISTORY_LIMIT = 1000  # epoch records kept in Personalizer.history
 FP32 = "fp32"
 BASE_ROLES = {FP32: "base", "int8": "base_int8"}  # precision -> the base graph's role
 PRECISION_META = "precision"  # the sample store's record of its features' precision
+OPEN_SET_META = "open_set"  # the store's record of the open-set default; also a checkpoint key
 
 
 @dataclass(frozen=True)
@@ -88,12 +90,19 @@ class Personalizer:
     A profile records its precision when first opened (fp32 unless asked); None uses
     the recorded one. Cached features are only valid for the base that computed them,
     so asking a profile that has samples for the other precision is an error.
+
+    open_set: whether predict answers "unknown" for inputs far from the class picked
+    (see .openset and predict). None uses the profile's recorded choice, off unless
+    set: predict's answer stays {label, scores, source}. True/False records the
+    choice in a writable profile (set_open_set) and holds for this session of a
+    read-only one.
     """
 
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None,
                  profile: str | os.PathLike = "profile", *, threads: int | None = None,
                  seed: int = 0, min_image_size: int = MIN_IMAGE_SIZE, read_only: bool = False,
-                 wait: bool | float = False, precision: str | None = None):
+                 wait: bool | float = False, precision: str | None = None,
+                 open_set: bool | None = None):
         if precision is not None and precision not in BASE_ROLES:
             raise BadInputError(f"precision is {precision!r}; it must be one of "
                                 f"{sorted(BASE_ROLES)} (or None: the profile's own)")
@@ -112,6 +121,9 @@ class Personalizer:
             self._writer = ProfileLock(self.profile).acquire(wait)
         try:
             self._open(bundle, threads, seed, precision)
+            self._open_set = self.store.get_meta(OPEN_SET_META) == "1"
+            if open_set is not None:
+                self.set_open_set(open_set)
         except BaseException:
             self.close()
             raise
@@ -139,6 +151,8 @@ class Personalizer:
         self._fitting: Samples | None = None  # what a running fit trains on
         self._prototypes = PrototypeClassifier()
         self._prototypes_stale = True
+        self._prototype_classes: list[str] = []
+        self._calibration: Calibration | None = self._stored_calibration
         self._publish()
         self._stop = threading.Event()
         self.history: list[dict] = []
@@ -221,9 +235,11 @@ class Personalizer:
     def _initial_state(self):
         classes = self.store.class_names()
         ckpt = self.checkpoints.latest()
+        self._stored_calibration = None
         if ckpt is None:
             return self._cols.fresh(len(classes)), list(classes), False, 0
         meta = ckpt.meta
+        self._stored_calibration = Calibration.from_json(meta.get(OPEN_SET_META))
         if meta.get("bundle") != self._bundle_id:
             raise IncompatibleCheckpointError(
                 f"checkpoint {ckpt.path} was written for another bundle; move it away or use "
@@ -314,6 +330,7 @@ class Personalizer:
         old, new = _check_label(old), _check_label(new)
         with self._lock:
             self.store.rename_class(old, new)
+            self._prototypes_stale = True  # the open-set calibration names classes
             self._columns = [new if c == old else c for c in self._columns]
             if self._fitting is not None:  # a running fit keeps the column too
                 self._fitting.columns = [new if c == old else c for c in self._fitting.columns]
@@ -324,6 +341,7 @@ class Personalizer:
         with self._lock:
             self.store.add_class(_check_label(name))
             self._sync_classes()
+            self._prototypes_stale = True
 
     def counts(self) -> dict[str, int]:
         return self.store.counts()
@@ -356,14 +374,21 @@ class Personalizer:
         self._publish()
 
     # -- prediction --
-    def predict(self, image) -> dict:
-        """{"label", "scores": {class: score}, "source": "head" | "prototypes"}."""
-        return self.predict_features(self.features([image]))[0]
+    def predict(self, image, open_set: bool | None = None) -> dict:
+        """{"label", "scores": {class: score}, "source": "head" | "prototypes"}.
 
-    def predict_many(self, images: Sequence) -> list[dict]:
-        return self.predict_features(self.features(images))
+        open_set (None: the profile's choice, see set_open_set): also say how far the
+        input is from the class picked: "unknown" (bool), "class" (the class picked),
+        "distance" (cosine distance to its prototype) and "threshold" (calibrated from
+        the user's samples, .openset); beyond it the label is "unknown", or "none" in a
+        profile with the background class "none". The scores stay as they were.
+        """
+        return self.predict_features(self.features([image]), open_set)[0]
 
-    def predict_features(self, feats: np.ndarray) -> list[dict]:
+    def predict_many(self, images: Sequence, open_set: bool | None = None) -> list[dict]:
+        return self.predict_features(self.features(images), open_set)
+
+    def predict_features(self, feats: np.ndarray, open_set: bool | None = None) -> list[dict]:
         snap = self._snapshot  # one consistent parameter set, whatever training does meanwhile
         if not np.isfinite(feats).all():
             raise BadInputError("the base produced non-finite features for this input; check "
@@ -382,19 +407,70 @@ class Personalizer:
             best = int(np.argmax(row))
             results.append({"label": snap.classes[best], "source": source,
                             "scores": {c: float(s) for c, s in zip(snap.classes, row)}})
+        if self._open_set if open_set is None else open_set:
+            results = self._judge(feats, results)
         return results
+
+    # -- open set (.openset) --
+    @property
+    def open_set(self) -> bool:
+        """Whether predict answers "unknown" unless told otherwise (set_open_set)."""
+        return self._open_set
+
+    def set_open_set(self, on: bool) -> None:
+        """Make open-set answers the profile's default (recorded in its store) or not.
+        A read-only profile changes only for this session."""
+        self._open_set = bool(on)
+        if not self.read_only and self.store.get_meta(OPEN_SET_META) != ("1" if on else "0"):
+            self.store.set_meta(OPEN_SET_META, "1" if on else "0")
+
+    def open_set_thresholds(self) -> dict[str, float | None]:
+        """The calibrated threshold of each class (None: background, no samples, or
+        nothing calibrated yet), as stored in the next checkpoint."""
+        return dict(self._open_set_state()[2].thresholds)
+
+    def _open_set_state(self) -> tuple[list[str], np.ndarray, Calibration]:
+        """(class names, their prototypes, calibration), refreshed after sample changes;
+        a checkpoint's calibration is used when it was made from the same samples."""
+        with self._lock:
+            self._refresh_prototypes()
+            return self._prototype_classes, self._prototypes.class_means(), self._calibration
+
+    def _samples_signature(self) -> str:
+        ids = [s.id for s in self.store.samples()]
+        return sha256(json.dumps([self.store.counts(), ids], sort_keys=True).encode())
+
+    def _judge(self, feats: np.ndarray, results: list[dict]) -> list[dict]:
+        names, means, calibration = self._open_set_state()
+        index = {c: i for i, c in enumerate(names)}
+        d = distances(feats, means) if names else np.zeros((len(feats), 0))
+        background = BACKGROUND in index
+        return [judge(r, float(d[k, index[r["label"]]]) if r["label"] in index else None,
+                      calibration, background) for k, r in enumerate(results)]
 
     def _prototype_scores(self, feats: np.ndarray, n_classes: int) -> np.ndarray:
         with self._lock:
-            if self._prototypes_stale:
-                X, y = self.store.features_and_labels()
-                flat = X.reshape(len(X), -1)
-                self._prototypes = PrototypeClassifier().fit(flat, y, len(self.store.class_names()))
-                self._prototypes_stale = False
+            self._refresh_prototypes()
             clf = self._prototypes
         scores = clf.predict_scores(feats.reshape(len(feats), -1))
         return scores[:, :n_classes] if scores.shape[1] >= n_classes else np.pad(
             scores, [(0, 0), (0, n_classes - scores.shape[1])])
+
+    def _refresh_prototypes(self) -> None:
+        """Prototypes and open-set calibration from the store, after samples changed
+        (call with self._lock held)."""
+        if not self._prototypes_stale:
+            return
+        X, y = self.store.features_and_labels()
+        names = self.store.class_names()
+        flat = X.reshape(len(X), int(np.prod(self.features_shape)))
+        self._prototypes = PrototypeClassifier().fit(flat, y, max(len(names), 1))
+        self._prototype_classes = names
+        signature = self._samples_signature()
+        stored = self._calibration
+        if stored is None or stored.signature != signature:
+            self._calibration = calibrate(flat, y, names, signature)
+        self._prototypes_stale = False
 
     # -- training --
     def _trainer(self, lr: float) -> GraphTrainer:
@@ -540,8 +616,10 @@ class Personalizer:
         with self._lock:
             tensors = dict(self._values)
             tensors["__step__"] = np.array([self.step], np.int64)
+            self._refresh_prototypes()
             meta = {"bundle": self._bundle_id, "classes": json.dumps(self._columns),
-                    "trained": "1" if self._trained else "0"}
+                    "trained": "1" if self._trained else "0",
+                    OPEN_SET_META: self._calibration.to_json()}
         return self.checkpoints.save(tensors, meta)
 
     def export(self, path: str | os.PathLike) -> Path:
