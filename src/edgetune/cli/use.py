@@ -12,6 +12,7 @@ from edgetune.errors import BadInputError
 __all__ = ["add_commands"]
 
 BATCH = 16  # inputs per prediction call
+OPEN_SET_FIELDS = ("unknown", "class", "distance", "threshold")  # runtime/openset.py
 
 
 def _reader(args):
@@ -20,14 +21,21 @@ def _reader(args):
     return Personalizer(profile=args.profile, read_only=True)
 
 
-def _predict(p, paths) -> list[dict]:
+def _predict(p, paths, open_set: bool | None = None) -> list[dict]:
+    """open_set: True asks for open-set answers; None leaves it to the profile."""
     results = []
     for i in range(0, len(paths), BATCH):
-        results += p.predict_many([str(path) for path in paths[i:i + BATCH]])
+        results += p.predict_many([str(path) for path in paths[i:i + BATCH]], open_set)
     return results
 
 
+def _open_set(args) -> bool | None:
+    return True if getattr(args, "open_set", False) else None
+
+
 def evaluate(args) -> int:
+    from edgetune.runtime.openset import BACKGROUND
+
     with _reader(args) as p:
         items = p.preparer.list_folder(args.data)
         known = set(p.classes())
@@ -40,10 +48,22 @@ def evaluate(args) -> int:
                                 f"({', '.join(sorted(known))}); classes of the data it does "
                                 f"not know: {', '.join(unknown) or 'none'}")
         truth = dict(usable)
-        predicted = _predict(p, good)
+        predicted = _predict(p, good, _open_set(args))
+        if args.open_set:  # files of classes it does not know should be answered unknown
+            unrelated, bad_unrelated = readable(p.preparer, [path for path, c in items
+                                                              if c not in known])
+            rejected = sum(r["unknown"] or r["label"] == BACKGROUND  # a detector's "none"
+                           for r in _predict(p, unrelated, True))
+            bad += bad_unrelated
     result = _score([truth[path] for path in good], [r["label"] for r in predicted])
     result["skipped_classes"] = unknown
     result["skipped_files"] = sum(c in unknown for _, c in items)
+    if args.open_set:
+        for path, r in zip(good, predicted):
+            entry = result["per_class"][truth[path]]
+            entry["unknown"] = entry.get("unknown", 0) + r["unknown"]
+        result["open_set"] = {"unknown": sum(r["unknown"] for r in predicted),
+                              "unrelated": len(unrelated), "rejected": rejected}
     result["errors"] = [f.as_json() for f in bad]
     emit(args, result, _eval_text(result))
     report(args, bad)
@@ -65,7 +85,13 @@ def _score(truths: list[str], labels: list[str]) -> dict:
 def _eval_text(result: dict) -> str:
     lines = [f"accuracy {result['accuracy']:.3f} on {result['n']} files"]
     for name, entry in result["per_class"].items():
-        lines.append(f"  {name:20s} {entry['accuracy']:.3f} ({entry['correct']}/{entry['n']})")
+        lines.append(f"  {name:20s} {entry['accuracy']:.3f} ({entry['correct']}/{entry['n']})"
+                     + (f", {entry['unknown']} unknown" if "unknown" in entry else ""))
+    if "open_set" in result:
+        o = result["open_set"]
+        lines.append(f"open set: {o['unknown']} of {result['n']} files of known classes "
+                     f"answered unknown; {o['rejected']} of {o['unrelated']} files of other "
+                     f"classes answered unknown")
     if result["skipped_classes"]:
         lines.append(f"not scored: the profile does not know these classes of the data "
                      f"({result['skipped_files']} files): {', '.join(result['skipped_classes'])}")
@@ -78,16 +104,27 @@ def predict(args) -> int:
     with _reader(args) as p:
         good, bad = readable(p.preparer, args.inputs)
         refuse_if_strict(args, bad, len(args.inputs), "nothing was predicted")
-        answers = dict(zip(good, _predict(p, good)))
+        answers = dict(zip(good, _predict(p, good, _open_set(args))))
     errors = {f.path: f.reason for f in bad}
-    results = [{"path": path, **{k: answers[path][k] for k in ("label", "scores")}}
+    fields = ("label", "scores", *OPEN_SET_FIELDS)
+    results = [{"path": path, **{k: answers[path][k] for k in fields if k in answers[path]}}
                if path in answers else {"path": path, "error": errors[path]}
                for path in args.inputs]
-    lines = [f"{r['path']}: {r['label']} ({r['scores'][r['label']]:.3f})"
-             for r in results if "label" in r]
+    lines = [_answer_text(r) for r in results if "label" in r]
     emit(args, results, "\n".join(lines))
     report(args, bad)
     return 0 if answers else 1
+
+
+def _answer_text(r: dict) -> str:
+    if "unknown" not in r:
+        return f"{r['path']}: {r['label']} ({r['scores'][r['label']]:.3f})"
+    distance, threshold = r["distance"], r["threshold"]
+    why = ("no threshold" if threshold is None or distance is None else
+           f"distance {distance:.3f} {'>' if r['unknown'] else '<='} {threshold:.3f}")
+    if r["unknown"]:
+        return f"{r['path']}: {r['label']} (nearest {r['class']}, {why})"
+    return f"{r['path']}: {r['label']} ({r['scores'][r['label']]:.3f}, {why})"
 
 
 def export(args) -> int:
@@ -106,6 +143,10 @@ def add_commands(add) -> None:
     options.add_profile(p)
     p.add_argument("--data", required=True, help="DIR/<class>/<file> folders (required)")
     options.add_strict(p, "nothing scored")
+    p.add_argument("--open-set", action="store_true",
+                   help="answer 'unknown' for inputs far from every class (calibrated "
+                        "from the profile's samples); reports how many were, and how many "
+                        "files of classes the profile does not know were")
     options.add_json(p)
     p.set_defaults(run=evaluate)
 
@@ -113,6 +154,9 @@ def add_commands(add) -> None:
     options.add_profile(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files to classify")
     options.add_strict(p, "nothing predicted")
+    p.add_argument("--open-set", action="store_true",
+                   help="answer 'unknown' (or 'none' in a profile with a 'none' class) for "
+                        "inputs far from the class picked, with the distance and threshold")
     options.add_json(p)
     p.set_defaults(run=predict)
 
