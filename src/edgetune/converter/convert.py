@@ -36,10 +36,13 @@ from edgetune.converter.modelfile import load_model
 from edgetune.converter.optimizers import OPTIMIZERS, Optimizer
 from edgetune.converter.preprocess import InputPlan, plan_input, wrap
 from edgetune.converter.rewrite import pointwise_head_as_gemm
+from edgetune.converter.speech import audio_input_section, speech_embedding
 from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
 from edgetune.hyperparams import check_classes, check_lr, check_non_negative
 
-ZOO = {"efficientnet-lite0": efficientnet_lite0}
+ZOO = {"efficientnet-lite0": efficientnet_lite0, "speech-embedding": speech_embedding}
+# How a zoo base's input is planned when the caller does not say (see preprocess.py).
+ZOO_PREPROCESS = {"speech-embedding": "audio"}
 
 # Which inputs of which ops hold trainable tensors, and of what kind; "bias:K" trains
 # only the "bias" and "scale" kinds. BatchNorm statistics are never trained.
@@ -144,6 +147,8 @@ def prepare_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = No
             raise ValueError(f"base {text!r} is neither a known base ({', '.join(ZOO)}) nor "
                              f"an ONNX file")
     repairs: list[str] = []
+    if name in ZOO and preprocess is None:
+        preprocess = ZOO_PREPROCESS.get(name)
     if name not in ZOO:
         model, repairs = load_model(base if model is None else model, source=source)
         for repair in repairs:
@@ -244,7 +249,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             input_size: tuple[int, int] | int | None = None) -> Bundle:
     """Build a bundle: base (cut where training starts), training graphs, parameters.
 
-    base: "efficientnet-lite0" or an ONNX file (cut at `cut`, default its first output).
+    base: "efficientnet-lite0", "speech-embedding" (16 kHz PCM clips of 1.5 s, see
+    edgetune.converter.speech) or an ONNX file (cut at `cut`, default its first output).
     head: a Head, "softmax", "mlp:HIDDEN", "svm" or a HEAD.onnx graph.
     optimizer: an Optimizer or a name of OPTIMIZERS (default: edgetune.defaults).
     loss: a Loss or a name of LOSSES (default: the head's).
@@ -252,7 +258,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     (only their biases and normalization scales). quantize: a folder of calibration
     images for an int8 base (graph role `base_int8`).
     preprocess: how pixels become the base's input when it does not take uint8 NHWC
-    pixels itself: "imagenet", "unit", "symmetric", "raw", "none", "tensor" or
+    pixels itself: "imagenet", "unit", "symmetric", "raw", "none", "tensor", "audio"
+    (float32 PCM [N, samples]; "audio:RATE" for a rate other than 16000 Hz) or
     {"mean": [...], "std": [...]} (see edgetune.converter.preprocess); detected when
     not given (a float image input: "imagenet", with a warning) and recorded in
     manifest["input"]["preprocessing"]. input_size: (height, width) for a base whose
@@ -300,6 +307,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
              **graphs.files()}
     manifest = _manifest(base_model, base_name, image_name, cut_shape, graphs, mode, head,
                          classes, _output_layer(head, head_model, [p.name for p in graphs.params]))
+    if plan.preset == "audio":
+        manifest["input"] = audio_input_section(image_name, plan.dims[1], plan.sample_rate)
     if plan.changes_model or plan.detected or preprocess is not None:
         if plan.section() is not None:
             manifest["input"]["preprocessing"] = plan.section()

@@ -18,6 +18,9 @@ sees ``(pixel / 255 - mean) / std``):
 - ``none``: the model takes uint8 NHWC pixels already (its preprocessing is inside);
 - ``tensor``: no image at all: the base takes a plain array (bundle input kind
   ``tensor``);
+- ``audio`` (or ``audio:RATE``, default 16000 Hz): the base takes float32 mono PCM
+  ``[N, samples]`` in [-1, 1] with a fixed ``samples`` (bundle input kind ``audio``;
+  its preprocessing must be inside the model). Never detected: ask for it;
 - or a mapping ``{"mean": [r, g, b], "std": [r, g, b]}`` (on 0..1 pixels).
 
 Detection when ``preprocess`` is not given: uint8 NHWC -> ``none``; a float 3-channel
@@ -51,7 +54,9 @@ PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "raw": ((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)),
     "none": None,
     "tensor": None,
+    "audio": None,
 }
+DEFAULT_SAMPLE_RATE = 16000
 _FLOATS = {"float32", "float16", "float64"}
 _NAMES = ", ".join(PRESETS)
 
@@ -69,6 +74,7 @@ class InputPlan:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     detected: bool = False         # chosen by detection, not by the caller
+    sample_rate: int | None = None  # audio: the rate the base's PCM is at
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -118,6 +124,8 @@ def _resolve(preprocess, source: str) -> tuple[str | None, tuple | None, tuple |
             raise _error(source, "preprocess mean and std need 3 numbers each, std > 0")
         return "custom", mean, std
     name = str(preprocess).strip().lower()
+    if name.startswith("audio:"):
+        name = "audio"
     if name not in PRESETS:
         raise _error(source, f"preprocess {preprocess!r} is not one of: {_NAMES} "
                              f"(or {{'mean': [...], 'std': [...]}})")
@@ -130,6 +138,7 @@ def plan_input(model: onnx.ModelProto, preprocess=None,
                source: str = "the base") -> InputPlan:
     """Detect the base's input and how to feed it; ValueError when it cannot be fed."""
     name, mean, std = _resolve(preprocess, source)
+    rate = _sample_rate(preprocess, source) if name == "audio" else None
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
@@ -158,6 +167,14 @@ def plan_input(model: onnx.ModelProto, preprocess=None,
     else:
         size = None
 
+    if name == "audio":
+        if size is not None:
+            raise _error(source, "input_size applies to image inputs, not audio")
+        if dtype != "float32" or len(dims) != 2 or not isinstance(dims[1], int):
+            raise _error(source, f"preprocess 'audio' needs a float32 [N, samples] input with "
+                                 f"a fixed number of samples; input {vi.name!r} is {dtype} "
+                                 f"{_show(dims)}")
+        return InputPlan(vi.name, dtype, dims, "audio", sample_rate=rate)
     if name == "tensor" or (name is None and len(dims) != 4):
         if size is not None:
             raise _error(source, f"input_size applies to image inputs; input {vi.name!r} "
@@ -206,6 +223,18 @@ def plan_input(model: onnx.ModelProto, preprocess=None,
                       f"preprocess= one of unit, symmetric, raw (CLI --preprocess NAME)",
                       UserWarning, stacklevel=3)
     return plan
+
+
+def _sample_rate(preprocess, source: str) -> int:
+    _, _, text = str(preprocess).strip().partition(":")
+    try:
+        rate = int(text) if text else DEFAULT_SAMPLE_RATE
+    except ValueError:
+        rate = 0
+    if not 1000 <= rate <= 384000:
+        raise _error(source, f"preprocess {preprocess!r}: the sample rate must be a number "
+                             f"of Hz, e.g. audio:16000")
+    return rate
 
 
 def _show(dims: list) -> str:

@@ -12,7 +12,8 @@ A bundle's manifest says what kind of input its base takes (``input.kind``); one
     rows = preparer.batch(["a.jpg", "b.jpg"])      # [2, 224, 224, 3]
     pairs = preparer.list_folder("photos/")        # [(Path, class), ...]
 
-Kinds known here: ``image`` (:mod:`edgetune.inputs.image`) and ``tensor`` (a base whose
+Kinds known here: ``image`` (:mod:`edgetune.inputs.image`), ``audio``
+(:mod:`edgetune.inputs.audio`) and ``tensor`` (a base whose
 input is a plain array, checked for shape and dtype). A manifest without ``kind`` is an
 image bundle (unless it says its layout is not an image's, as bundles of non-image bases
 did before kinds existed: those read as ``tensor``). More kinds plug in with
@@ -183,6 +184,7 @@ class TensorPreparer(Preparer):
 # manifest does not import Pillow or an audio library).
 _REGISTRY: dict[str, PreparerFactory | str] = {
     "image": "edgetune.inputs.image:ImagePreparer",
+    "audio": "edgetune.inputs.audio:AudioPreparer",
     "tensor": TensorPreparer,
 }
 
