@@ -8,18 +8,27 @@
 // DATA.json describes the training data and the schedule (files relative to it):
 //   {
 //     "features": {"file": "features.f32", "shape": [n, ...features.shape]},  // raw LE float32
+//     // or, instead of "features", the base graph's raw input (the manifest's `input`:
+//     // uint8 pixels of an image bundle, float32 PCM of an audio bundle): the script
+//     // runs `graphs.base` on it to get the features, as a device does
+//     "inputs":   {"file": "pcm.f32", "shape": [n, ...input.shape[1:]]},     // raw LE
 //     "labels":   {"file": "labels.i64", "shape": [n]},                       // raw LE int64
 //     "lr": 0.01,                      // optional; default: the manifest's optimizer.lr
 //     "batches": [[3, 0, 7], ...],     // row indices of the mini-batch of each train step
-//     "epoch_batch_size": 8            // optional: then one epoch over all rows (train_epoch
+//     "epoch_batch_size": 8,           // optional: then one epoch over all rows (train_epoch
 //                                      // for the full mini-batches, train for the rest)
+//     "predict": {"file": "...", "shape": [m, ...]}  // optional: raw inputs (or features,
+//                                      // like the training rows) scored at the end: base,
+//                                      // then `graphs.infer` with the trained parameters
 //   }
 //
 // Every sample has weight 1. The steps start from the bundle's initial parameters with
 // optimizer state at zeros, `step` = 1; the train_epoch call continues from where the
 // steps left off. Prints JSON to stdout:
 //   {"runtime", "steps", "losses": [...], "epoch_losses": [...],
-//    "params": {name: {"shape", "first": [first values...]}}}
+//    "params": {name: {"shape", "first": [first values...]}},
+//    "features": [...] (when the base ran: the training rows' features, flat),
+//    "probabilities": {"shape", "data": [...]} (with "predict")}
 // and with --save writes the final parameters and optimizer state as safetensors.
 
 import { createHash } from "node:crypto";
@@ -107,26 +116,87 @@ function safetensorsBytes(tensors) {
 
 // -- reading the training data --------------------------------------------------------------
 
-function readData(path) {
+function rawView(dir, entry, bytesPerValue) {
+  const bytes = readFileSync(join(dir, entry.file));
+  if (bytes.byteLength !== bytesPerValue * product(entry.shape)) {
+    fail(`${entry.file}: ${bytes.byteLength} bytes do not hold shape ${entry.shape}`);
+  }
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function readFloats(dir, entry) {
+  const view = rawView(dir, entry, 4);
+  const out = new Float32Array(product(entry.shape));
+  for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(4 * i, true);
+  return out;
+}
+
+/** Raw inputs of the base graph, typed as the manifest's `input.dtype` says. */
+function readInputs(dir, entry, dtype) {
+  if (dtype === "float32") return { type: "float32", data: readFloats(dir, entry), shape: entry.shape };
+  if (dtype === "uint8") {
+    const view = rawView(dir, entry, 1);
+    return { type: "uint8", data: new Uint8Array(view.buffer, view.byteOffset, view.byteLength),
+             shape: entry.shape };
+  }
+  return fail(`input.dtype ${dtype}: this script feeds float32 or uint8 inputs`);
+}
+
+/**
+ * The base graph's features of raw inputs, `chunk` rows per call: the one input of
+ * `graphs.base` (whatever its role) takes the rows, its `features` output gives them.
+ */
+async function baseFeatures(base, inputs, chunk = 8) {
+  const inputNames = Object.values(base.graph.inputs);
+  if (inputNames.length !== 1) fail(`graphs.base has ${inputNames.length} inputs; expected one`);
+  const output = base.graph.outputs.features;
+  if (output === undefined) fail("graphs.base has no output role features");
+  const n = inputs.shape[0];
+  const width = product(inputs.shape.slice(1));
+  let features = null;
+  let shape = null;
+  for (let from = 0; from < n; from += chunk) {
+    const rows = Math.min(chunk, n - from);
+    const slice = inputs.data.slice(from * width, (from + rows) * width);
+    const tensor = new ort.Tensor(inputs.type, slice, [rows, ...inputs.shape.slice(1)]);
+    const result = (await base.session.run({ [inputNames[0]]: tensor }))[output];
+    if (features === null) {
+      shape = [n, ...result.dims.slice(1)];
+      features = new Float32Array(product(shape));
+    }
+    features.set(result.data, from * product(shape.slice(1)));
+  }
+  return { features, shape };
+}
+
+async function readData(path, manifest, base) {
   const spec = JSON.parse(readFileSync(path, "utf8"));
   const dir = dirname(path);
-  const raw = (entry, bytesPerValue) => {
-    const bytes = readFileSync(join(dir, entry.file));
-    if (bytes.byteLength !== bytesPerValue * product(entry.shape)) {
-      fail(`${entry.file}: ${bytes.byteLength} bytes do not hold shape ${entry.shape}`);
-    }
-    return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  };
-  const fview = raw(spec.features, 4);
-  const features = new Float32Array(product(spec.features.shape));
-  for (let i = 0; i < features.length; i++) features[i] = fview.getFloat32(4 * i, true);
-  const lview = raw(spec.labels, 8);
+  let features;
+  let shape;
+  let fromBase = false;
+  if (spec.inputs) {
+    ({ features, shape } = await baseFeatures(await base(), readInputs(dir, spec.inputs,
+      manifest.input?.dtype ?? "uint8")));
+    fromBase = true;
+  } else {
+    features = readFloats(dir, spec.features);
+    shape = spec.features.shape;
+  }
+  const lview = rawView(dir, spec.labels, 8);
   const labels = new BigInt64Array(product(spec.labels.shape));
   for (let i = 0; i < labels.length; i++) labels[i] = lview.getBigInt64(8 * i, true);
-  if (spec.features.shape[0] !== labels.length) {
-    fail(`${path}: ${spec.features.shape[0]} feature rows but ${labels.length} labels`);
+  if (shape[0] !== labels.length) {
+    fail(`${path}: ${shape[0]} feature rows but ${labels.length} labels`);
   }
-  return { ...spec, features, labels, rowShape: spec.features.shape.slice(1) };
+  let predict = null;
+  if (spec.predict) {
+    predict = fromBase
+      ? await baseFeatures(await base(), readInputs(dir, spec.predict,
+        manifest.input?.dtype ?? "uint8"))
+      : { features: readFloats(dir, spec.predict), shape: spec.predict.shape };
+  }
+  return { ...spec, features, labels, rowShape: shape.slice(1), fromBase, predict };
 }
 
 /** The given rows of the data as the data tensors of a train graph. */
@@ -219,7 +289,9 @@ async function main(argv) {
     return { graph, session: await ort.InferenceSession.create(bytes, options) };
   };
 
-  const data = readData(dataPath);
+  let baseSession = null;
+  const base = async () => (baseSession ??= await session("base"));
+  const data = await readData(dataPath, manifest, base);
   const lr = new ort.Tensor("float32", Float32Array.of(data.lr ?? manifest.optimizer.lr), []);
   let step = 1n; // the `step` input: 1 for the first optimizer step
 
@@ -276,9 +348,23 @@ async function main(argv) {
       { shape: t.value.dims, first: Array.from(t.value.data.subarray(0, 8)) },
     ]),
   );
+  // Predictions: `graphs.infer` with the trained parameters (each param's infer_input).
+  let probabilities;
+  if (data.predict) {
+    const infer = await session("infer");
+    const feeds = {
+      [infer.graph.inputs.features]: new ort.Tensor("float32", data.predict.features,
+        data.predict.shape),
+    };
+    for (const t of carried) if (t.kind === "param") feeds[t.infer_input] = t.value;
+    const out = (await infer.session.run(feeds))[infer.graph.outputs.probabilities];
+    probabilities = { shape: out.dims, data: Array.from(out.data) };
+  }
   const runtime = `onnxruntime-node ${ort.env.versions?.node ?? "?"}`;
   process.stdout.write(JSON.stringify({
     runtime, steps: data.batches.length, losses, epoch_losses: epochLosses, params,
+    ...(data.fromBase ? { features: Array.from(data.features) } : {}),
+    ...(probabilities ? { probabilities } : {}),
   }) + "\n");
 }
 
