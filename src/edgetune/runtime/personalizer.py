@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetune.bundle import Bundle, BundleError, sha256
+from edgetune.bundle import Bundle, sha256
 from edgetune.defaults import EPOCHS, MIN_IMAGE_SIZE
 from edgetune.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
 from edgetune.files import atomic_write
@@ -48,6 +47,13 @@ from edgetune.runtime.fitting import (
 from edgetune.runtime.lock import ProfileLock
 from edgetune.runtime.objective import row_losses
 from edgetune.runtime.openset import BACKGROUND, Calibration, calibrate, distances, judge
+from edgetune.runtime.profile import (
+    BASE_ROLES,
+    check_precision,
+    open_bundle,
+    open_precision,
+    open_store,
+)
 from edgetune.runtime.prototypes import PrototypeClassifier
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, bundle_session
@@ -56,9 +62,6 @@ from edgetune.runtime.trainer import GraphTrainer, bundle_session
 # 190 MiB for EfficientNet-Lite0) and are no faster (bench/personalize.py).
 BASE_BATCH = 4
 HISTORY_LIMIT = 1000  # epoch records kept in Personalizer.history
-FP32 = "fp32"
-BASE_ROLES = {FP32: "base", "int8": "base_int8"}  # precision -> the base graph's role
-PRECISION_META = "precision"  # the sample store's record of its features' precision
 OPEN_SET_META = "open_set"  # the store's record of the open-set default; also a checkpoint key
 
 
@@ -103,9 +106,7 @@ class Personalizer:
                  seed: int = 0, min_image_size: int = MIN_IMAGE_SIZE, read_only: bool = False,
                  wait: bool | float = False, precision: str | None = None,
                  open_set: bool | None = None):
-        if precision is not None and precision not in BASE_ROLES:
-            raise BadInputError(f"precision is {precision!r}; it must be one of "
-                                f"{sorted(BASE_ROLES)} (or None: the profile's own)")
+        check_precision(precision)  # before any file exists
         self.min_image_size = min_image_size
         self.profile = Path(profile)
         self.read_only = bool(read_only)
@@ -129,14 +130,16 @@ class Personalizer:
             raise
 
     def _open(self, bundle, threads: int | None, seed: int, precision: str | None) -> None:
-        self.bundle = self._open_bundle(bundle)
+        self.bundle = open_bundle(self.profile, bundle, self.read_only)
         manifest = self.bundle.manifest
         self._bundle_id = sha256(json.dumps(manifest, sort_keys=True).encode())
         self.features_shape = tuple(manifest["features"]["shape"])
         self._input = manifest["input"]
         self.preparer = preparer_for(self._input, min_image_size=self.min_image_size)
-        self.store = self._open_store()
-        self._precision = self._open_precision(precision)
+        self.store = open_store(self.profile, self.features_shape, self._bundle_id,
+                                self.read_only)
+        self._precision = open_precision(self.profile, self.store, self.bundle, precision,
+                                         self.read_only)
         self.checkpoints = CheckpointDir(self.profile / "checkpoints")
         self._threads = threads
         self._rng = np.random.default_rng(seed)
@@ -157,65 +160,6 @@ class Personalizer:
         self._stop = threading.Event()
         self.history: list[dict] = []
         self.last_error: str | None = None
-
-    # -- opening --
-    def _open_bundle(self, bundle) -> Bundle:
-        copy = self.profile / "bundle.edgetune"
-        if not self.read_only:
-            for stale in self.profile.glob(".bundle.edgetune.*"):  # a copy cut short by a crash
-                shutil.rmtree(stale, ignore_errors=True)
-        if bundle is None or (self.read_only and not copy.is_dir()):
-            if not copy.is_dir():
-                raise BundleError(f"profile {self.profile} has no bundle yet; pass the bundle "
-                                  f"the first time (edgetune train BUNDLE --profile ...)"
-                                  + ("; a read-only open creates nothing" if self.read_only
-                                     else ""))
-            return Bundle.load(copy)
-        loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        if copy.is_dir():
-            pinned = Bundle.load(copy)
-            if pinned.manifest != loaded.manifest:
-                raise BundleError(f"profile {self.profile} was made with another bundle "
-                                  f"({pinned.path}); use a new profile for {loaded.path}")
-            return pinned
-        loaded.save(copy)  # verified when loaded; the copy was written from the same bytes
-        return Bundle(loaded.manifest, loaded.files, copy.resolve())
-
-    def _open_store(self) -> SampleStore:
-        path = self.profile / "samples.sqlite"
-        if self.read_only and not path.is_file():
-            raise EdgetuneError(f"profile {self.profile} has no sample store yet; a read-only "
-                                f"open creates nothing: add samples first (edgetune train ...)")
-        store = SampleStore(path, feature_shape=self.features_shape, read_only=self.read_only)
-        known = store.get_meta("bundle")
-        if known is None and not self.read_only:
-            store.set_meta("bundle", self._bundle_id)
-        elif known is not None and known != self._bundle_id:
-            store.close()
-            raise BundleError(f"profile {self.profile} was made with another bundle; open it "
-                              f"with its own bundle or use a new profile")
-        return store
-
-    def _open_precision(self, asked: str | None) -> str:
-        """The profile's precision: the recorded one (profiles from before precisions
-        were recorded hold fp32 features), or `asked`, recorded for a new profile."""
-        recorded = self.store.get_meta(PRECISION_META)
-        current = recorded or FP32
-        precision = asked or current
-        if precision != current and len(self.store):
-            raise BadInputError(
-                f"profile {self.profile} holds {len(self.store)} samples whose features were "
-                f"computed by the {current} base; they cannot be mixed with {precision} "
-                f"features. Open it with precision {current!r} (or without a precision), use a "
-                f"new profile for {precision}, or remove its samples and add them again")
-        if not self.bundle.has_graph(BASE_ROLES[precision]):
-            raise BundleError(f"precision {precision!r} needs the bundle's "
-                              f"{BASE_ROLES[precision]!r} graph, which this bundle has not: "
-                              f"rebuild it with `edgetune convert ... --quantize CALIB_DIR` "
-                              f"(convert(..., quantize=CALIB_DIR))")
-        if precision != recorded and not self.read_only:
-            self.store.set_meta(PRECISION_META, precision)
-        return precision
 
     @property
     def precision(self) -> str:
@@ -642,27 +586,11 @@ class Personalizer:
 
     # -- evaluation --
     def evaluate(self, data_dir: str | os.PathLike) -> dict:
-        """Accuracy on a folder of class folders: {"accuracy", "n", "per_class", "skipped"}."""
-        items = self.preparer.list_folder(data_dir)
-        known = set(self._snapshot.classes)
-        usable = [(p, c) for p, c in items if c in known]
-        unknown = sorted({c for _, c in items if c not in known})
-        if not usable:
-            raise BadInputError(f"{data_dir}: none of its class folders {unknown} is a class of "
-                                f"this profile ({sorted(known)})")
-        per_class: dict[str, dict] = {}
-        correct = 0
-        for i in range(0, len(usable), BASE_BATCH):
-            chunk = usable[i:i + BASE_BATCH]
-            for (_, truth), result in zip(chunk, self.predict_many([p for p, _ in chunk])):
-                entry = per_class.setdefault(truth, {"n": 0, "correct": 0})
-                entry["n"] += 1
-                entry["correct"] += result["label"] == truth
-                correct += result["label"] == truth
-        for entry in per_class.values():
-            entry["accuracy"] = entry["correct"] / entry["n"]
-        return {"accuracy": correct / len(usable), "n": len(usable), "per_class": per_class,
-                "skipped_classes": unknown}
+        """Accuracy on a folder of class folders: {"accuracy", "n", "per_class",
+        "skipped_classes"} (see .evaluation)."""
+        from edgetune.runtime.evaluation import evaluate_folder
+
+        return evaluate_folder(self, data_dir)
 
     # -- streaming (audio) --
     def stream(self, source=None, **options):
