@@ -88,6 +88,7 @@ LOSSES = [
     ("hinge", MultiClassHinge(), lambda z, t: F.multi_margin_loss(z, t)),
     ("hinge-margin", MultiClassHinge(margin=0.5), lambda z, t: F.multi_margin_loss(z, t,
                                                                                    margin=0.5)),
+    ("hinge-squared", MultiClassHinge(p=2), lambda z, t: F.multi_margin_loss(z, t, p=2)),
     ("mse", MeanSquaredError(), lambda z, t: F.mse_loss(z, F.one_hot(t, 10).float())),
     ("bce", BinaryCrossEntropyWithLogits(),
      lambda z, t: F.binary_cross_entropy_with_logits(z, F.one_hot(t, 10).float())),

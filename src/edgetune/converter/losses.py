@@ -129,15 +129,22 @@ class SoftmaxCrossEntropy(Loss):
 
 @dataclass
 class MultiClassHinge(Loss):
-    """Multi-class SVM loss, as torch.nn.MultiMarginLoss (p=1):
-    mean over rows of sum_{j != y} max(0, margin - x_y + x_j) / C."""
+    """Multi-class SVM loss, as torch.nn.MultiMarginLoss: mean over rows of
+    sum_{j != y} max(0, margin - x_y + x_j)^p / C. p=2 (squared hinge) is smooth."""
 
     margin: float = 1.0
+    p: int = 1
+
+    def __post_init__(self):
+        if self.p not in (1, 2):
+            raise ValueError(f"MultiClassHinge p is {self.p!r}; it must be 1 or 2")
 
     def __call__(self, b, logits, labels, sample_weight):
         one_hot = _one_hot(b, logits, labels)
         picked = b.ReduceSum(logits * one_hot, b.ints([1]), keepdims=1)
         violations = b.Relu(self.margin - picked + logits) * (1.0 - one_hot)
+        if self.p == 2:
+            violations = violations * violations
         rows = b.ReduceSum(violations, b.ints([1]), keepdims=0) / _class_count(b, logits)
         return _weighted_mean(b, rows, sample_weight)
 

@@ -48,12 +48,13 @@ def _cross_entropy(config: Mapping) -> RowLoss:
 
 def _hinge(config: Mapping) -> RowLoss:
     margin = float(config.get("margin", 1.0))
+    power = int(config.get("p", 1))
 
     def rows(logits, y):
         picked = logits[np.arange(len(y)), y][:, None]
         violations = np.maximum(0.0, margin - picked + logits)
         violations[np.arange(len(y)), y] = 0.0
-        return violations.sum(axis=1) / logits.shape[1]
+        return (violations ** power).sum(axis=1) / logits.shape[1]
 
     return rows
 
