@@ -104,7 +104,8 @@ def _inspect_lines(info: dict) -> list[str]:
 def add_commands(add) -> None:
     p = add("convert", help="build a bundle from a base and a head")
     p.add_argument("--base", default="efficientnet-lite0",
-                   help="efficientnet-lite0 or MODEL.onnx (default: efficientnet-lite0)")
+                   help="efficientnet-lite0 (images), speech-embedding (16 kHz speech) or "
+                   "MODEL.onnx (default: efficientnet-lite0)")
     p.add_argument("--cut", help="tensor of an ONNX base to use as features "
                    "(default: its first output)")
     p.add_argument("--head", default="softmax", help="softmax | mlp:HIDDEN | svm | HEAD.onnx")
@@ -126,8 +127,9 @@ def add_commands(add) -> None:
                    help="also write an int8 base calibrated on the images in CALIB_DIR "
                    "(default: no int8 base)")
     p.add_argument("--preprocess", metavar="NAME",
-                   help="how the base wants pixels, wrapped into the base graph: imagenet | "
-                   "unit | symmetric | raw | none | tensor (default: detected and stated)")
+                   help="how the base wants its input, wrapped into the base graph: imagenet "
+                   "| unit | symmetric | raw | none (images), audio[:RATE] (float PCM), tensor "
+                   "(default: detected for images and stated)")
     p.add_argument("--input-size", type=options.input_size, metavar="HxW",
                    help="height and width for a base whose input size is dynamic")
     p.add_argument("-o", "--output", required=True, help="OUT.edgetune directory (required)")
