@@ -12,6 +12,19 @@ Client to server:
   as text, for clients that cannot send binary messages;
 - ``{"type": "ping"}`` gets ``{"type": "pong"}``.
 
+Listening (audio bundles, input kind ``audio``): ``{"type": "listen", "rate": 48000}``
+starts a detector for this connection (a :class:`~edgetune.runtime.stream.Detector`:
+windows of the base's length every ``hop`` seconds, scores smoothed over ``smoothing``
+windows, a keyword fires at ``threshold``; optional ``hop``, ``threshold``) and replies
+``{"type": "listening", "rate", "sample_rate", "window", "hop", "threshold",
+"background"}``. From then on a **binary** message is a chunk of microphone audio:
+little-endian float32 mono samples at ``rate`` (resampled to the bundle's rate on the
+server). A chunk that completes windows gets ``{"type": "scores", "scores": {class:
+smoothed score}, "label", "time", "windows", "real_time_factor", "detections": [{"label",
+"score", "start", "end"}]}`` (seconds from the start of listening); a chunk that
+completes none gets no reply. ``{"type": "listen", "rate": null}`` stops (the reply
+carries the detections of the last, padded window).
+
 Server to client, besides the replies: ``{"type": "state", ...}`` after every change
 (also made by other tabs), ``{"type": "training_started"}``, ``{"type": "progress",
 "points": [[epoch, loss], ...]}`` (throttled to ~20 per second) and
@@ -27,7 +40,9 @@ import binascii
 import contextlib
 import json
 import logging
+import warnings
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -41,6 +56,9 @@ __all__ = ["live_routes"]
 
 log = logging.getLogger("edgetune.server")
 
+MIN_RATE, MAX_RATE = 8_000, 192_000  # Hz of the microphone audio a page may declare
+LISTEN_HOP = 0.1  # seconds between windows while listening
+
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     studio, limits = ws.app.state.studio, ws.app.state.limits
@@ -48,7 +66,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     outbox: asyncio.Queue = asyncio.Queue(maxsize=256)
     key = studio.hub.subscribe(outbox)
     sender = asyncio.create_task(_sender(ws, outbox))
-    session = {"record": None, "frame": 0}
+    session = {"record": None, "frame": 0, "detector": None}
     try:
         await outbox.put(await run_in_threadpool(studio.state))
         while True:
@@ -95,6 +113,8 @@ async def _sender(ws: WebSocket, outbox: asyncio.Queue) -> None:
 async def _handle(studio: Studio, limits: Limits, session: dict, message: dict) -> dict | None:
     data, text = message.get("bytes"), message.get("text")
     if data is not None:
+        if session["detector"] is not None:
+            return await _audio(studio, limits, session, data)
         return await _frame(studio, limits, session, data, session["record"])
     if text is None:
         raise ApiError(400, "empty message", "bad_message")
@@ -117,13 +137,15 @@ async def _handle(studio: Studio, limits: Limits, session: dict, message: dict) 
         return {"type": "pong", "id": msg.get("id")}
     if kind == "record":
         return await _record(studio, session, msg.get("label"))
+    if kind == "listen":
+        return await _listen(studio, session, msg)
     if kind == "frame":
         data = _frame_bytes(msg.get("image"), limits)
         record = session["record"]
         if "record" in msg:
             record = None if msg["record"] is None else label(msg["record"], "record")
         return await _frame(studio, limits, session, data, record)
-    raise ApiError(400, f"unknown message type {kind!r} (expected record, frame or ping)",
+    raise ApiError(400, f"unknown message type {kind!r} (expected record, frame, listen or ping)",
                    "bad_message")
 
 
@@ -168,6 +190,74 @@ async def _frame(studio: Studio, limits: Limits, session: dict, data: bytes,
         studio.broadcast_state()
     reply["frame"] = number
     return reply
+
+
+async def _listen(studio: Studio, session: dict, msg: dict) -> dict:
+    """Start (``rate``: a number of Hz) or stop (``rate``: null) listening."""
+    rate = msg.get("rate")
+    old, session["detector"] = session["detector"], None
+    found = []
+    if old is not None:
+        found = await studio.run_model(old.flush)
+    if rate is None:
+        return {"type": "listening", "rate": None, "detections": found}
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or \
+            not MIN_RATE <= rate <= MAX_RATE or rate != int(rate):
+        raise ApiError(400, f"rate must be a whole number of Hz from {MIN_RATE} to "
+                       f"{MAX_RATE}", "bad_rate")
+    if studio.input["kind"] != "audio":
+        raise ApiError(409, f"listening needs an audio bundle; this profile's bundle takes "
+                       f"{studio.input['kind']} inputs", "not_audio")
+    counts = await run_in_threadpool(studio.p.counts)
+    if not any(counts.values()):
+        raise ApiError(409, "no samples yet: record some words first", "no_samples")
+    options = {key: msg[key] for key in ("hop", "threshold") if msg.get(key) is not None}
+    with warnings.catch_warnings():  # no background class: said in the reply instead
+        warnings.simplefilter("ignore")
+        detector = await run_in_threadpool(
+            lambda: studio.p.stream(rate=int(rate), **{"hop": LISTEN_HOP, **options}))
+    session["detector"] = detector
+    return {"type": "listening", "rate": int(rate), "sample_rate": detector.rate,
+            "window": detector.window / detector.rate, "hop": detector.hop / detector.rate,
+            "threshold": detector.threshold, "detections": found,
+            "background": bool(detector.background & set(counts))}
+
+
+async def _audio(studio: Studio, limits: Limits, session: dict, data: bytes) -> dict | None:
+    """One chunk of float32 PCM into this connection's detector."""
+    if len(data) > limits.frame_bytes:
+        raise ApiError(413, f"audio chunk is {size_text(len(data))}; the limit is "
+                       f"{size_text(limits.frame_bytes)}", "frame_too_large")
+    if len(data) % 4:
+        raise ApiError(400, "an audio chunk is little-endian float32 samples (a multiple of "
+                       "4 bytes)", "bad_audio")
+    detector = session["detector"]
+    pcm = np.frombuffer(data, "<f4")
+    windows = detector.windows
+    found = await studio.run_model(detector.feed, pcm)
+    if detector.windows == windows:
+        return None
+    scores = smoothed_scores(detector)
+    keywords = {k: v for k, v in scores.items() if k not in detector.background}
+    return {"type": "scores", "scores": scores,
+            "label": max(keywords, key=keywords.__getitem__) if keywords else None,
+            "time": round(detector.samples / detector.rate, 3), "windows": detector.windows,
+            "real_time_factor": round(detector.stats["real_time_factor"], 4),
+            "detections": found}
+
+
+def smoothed_scores(detector) -> dict[str, float]:
+    """Each class's score averaged over the detector's last windows (what fires)."""
+    accessor = getattr(detector, "scores", None)
+    if callable(accessor):
+        return dict(accessor())
+    if isinstance(accessor, dict):
+        return dict(accessor)
+    recent = list(getattr(detector, "_recent", ()))
+    if not recent:
+        return {}
+    labels = {c for _, s in recent for c in s}
+    return {c: float(sum(s.get(c, 0.0) for _, s in recent) / len(recent)) for c in labels}
 
 
 def live_routes() -> list:

@@ -21,14 +21,24 @@ __all__ = ["add_serve_arguments", "main", "run_from_args"]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add --bundle, --profile, --host, --port and --token (help texts show defaults)."""
-    parser.add_argument("--bundle", help="bundle to personalize (default: the profile's own "
-                        "copy, else the default EfficientNet-Lite0 + softmax bundle, built "
-                        "once into the cache: $EDGETUNE_CACHE, else $XDG_CACHE_HOME/edgetune "
-                        "or ~/.cache/edgetune)")
+    """Add --bundle, --base/--audio, --profile, --host, --port and --token (help texts
+    show defaults)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--bundle", help="bundle to personalize (default: the profile's own "
+                        "copy, else the default bundle of --base, built once into the "
+                        "cache: $EDGETUNE_CACHE, else $XDG_CACHE_HOME/edgetune or "
+                        "~/.cache/edgetune)")
+    source.add_argument("--base", choices=("efficientnet-lite0", "speech-embedding"),
+                        help="which default bundle: efficientnet-lite0 (the camera, the "
+                        "default) or speech-embedding (keywords from the microphone); "
+                        "each has its own default profile")
+    source.add_argument("--audio", dest="base", action="store_const",
+                        const="speech-embedding",
+                        help="the microphone: the same as --base speech-embedding")
     parser.add_argument("--profile", help="profile directory (default: $EDGETUNE_PROFILE, "
                         "else $XDG_DATA_HOME/edgetune/profile or "
-                        "~/.local/share/edgetune/profile)")
+                        "~/.local/share/edgetune/profile; with --audio speech-profile "
+                        "beside it)")
     parser.add_argument("--host", default=defaults.HOST,
                         help="address to listen on (default: %(default)s; any other than a "
                         "loopback address needs --token)")
@@ -45,15 +55,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     from edgetune.server.launch import serve
 
     return serve(bundle=args.bundle, profile=args.profile, host=args.host, port=args.port,
-                 token=args.token or None)
+                 token=args.token or None, base=getattr(args, "base", None))
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m edgetune.server``: errors on stderr, exit code 2 (as ``edgetune``)."""
     parser = argparse.ArgumentParser(
         prog="python -m edgetune.server",
-        description="The teachable camera: a local web app that records samples, trains "
-                    "and predicts live (the same as `edgetune serve`).")
+        description="The teachable camera (or microphone, --audio): a local web app that "
+                    "records samples, trains and predicts live (the same as `edgetune "
+                    "serve`).")
     args = add_serve_arguments(parser).parse_args(argv)
     try:
         return run_from_args(args)

@@ -6,10 +6,11 @@
     POST   /api/classes           {"name": N}                     add a class
     PATCH  /api/classes?name=OLD  {"name": NEW}                   rename a class
     DELETE /api/classes?name=N                                    remove a class and its samples
-    POST   /api/samples           multipart: label=N, files...    add image files to a class
+    POST   /api/samples           multipart: label=N, files...    add files to a class (images;
+                                                                   WAV/FLAC/OGG clips for audio)
     DELETE /api/samples/last?label=N                              undo the class's last sample
     DELETE /api/samples/ID                                        remove one sample
-    POST   /api/predict           multipart: image=FILE (or a raw image/* body)
+    POST   /api/predict           multipart: image=FILE (or a raw image/* or audio/* body)
     POST   /api/train             {"epochs": 30, "early_stop": true}  train in the background
     POST   /api/train/stop
     GET    /api/model.onnx        the personalized model (standalone ONNX, classes in metadata)
@@ -47,7 +48,7 @@ async def _files(request: Request, limits: Limits) -> tuple[dict, list[tuple[str
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith(("multipart/form-data",
                                     "application/x-www-form-urlencoded")):
-        raise ApiError(415, "send the images as multipart/form-data", "bad_content_type")
+        raise ApiError(415, "send the files as multipart/form-data", "bad_content_type")
     async with request.form(max_files=limits.files_per_upload, max_fields=20,
                             max_part_size=4096) as form:
         fields, files = {}, []
@@ -96,7 +97,7 @@ async def add_samples(request: Request) -> Response:
     fields, files = await _files(request, limits)
     name = label(fields.get("label"), "the label field")
     if not files:
-        raise ApiError(400, "no image files in the upload", "no_files")
+        raise ApiError(400, "no files in the upload", "no_files")
     if name not in await run_in_threadpool(studio.p.counts):
         raise ApiError(404, f"unknown class {name!r}; add it first", "unknown_class")
     images = [data for _, data in files]
@@ -131,15 +132,15 @@ async def remove_sample(request: Request) -> Response:
 
 async def predict(request: Request) -> Response:
     studio, limits = _studio(request), request.app.state.limits
-    if request.headers.get("content-type", "").startswith("image/"):
+    if request.headers.get("content-type", "").startswith(("image/", "audio/")):
         image = await request.body()
     else:
         _, files = await _files(request, limits)
         if len(files) != 1:
-            raise ApiError(400, f"send exactly one image (got {len(files)})", "no_files")
+            raise ApiError(400, f"send exactly one file (got {len(files)})", "no_files")
         image = files[0][1]
     if not image:
-        raise ApiError(400, "the image is empty", "bad_image")
+        raise ApiError(400, "the upload is empty", "bad_image")
     return JSONResponse(await studio.run_model(studio.predict, image))
 
 

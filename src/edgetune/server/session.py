@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgetune.defaults import EPOCHS
 from edgetune.errors import BadInputError, EdgetuneError
+from edgetune.inputs import kind_of
 from edgetune.runtime.personalizer import Personalizer
 from edgetune.server.api import DAMAGED, ApiError, clean
 from edgetune.server.hub import Hub
@@ -61,6 +62,19 @@ class Studio:
 
     # -- state --
     @property
+    def input(self) -> dict:
+        """What the page needs to know about the inputs: ``{"kind": "image"}``, or for
+        audio ``{"kind": "audio", "sample_rate": 16000, "samples": 24000, "seconds": 1.5}``."""
+        spec = self.p.bundle.manifest.get("input", {})
+        kind = kind_of(spec)
+        info: dict = {"kind": kind}
+        if kind == "audio":
+            rate = int(spec.get("sample_rate") or 16000)
+            samples = int(spec.get("samples") or (spec.get("shape") or [0, rate])[-1])
+            info.update(sample_rate=rate, samples=samples, seconds=samples / rate)
+        return info
+
+    @property
     def trained(self) -> bool:
         return self.p.trained
 
@@ -68,7 +82,7 @@ class Studio:
         """Why training cannot start yet, or None when it can."""
         if len(counts) < 2:
             return "Add at least two classes." if counts else "Add a class for each thing " \
-                "the camera should tell apart (at least two)."
+                "to tell apart (at least two)."
         short = [f"{name} ({n})" for name, n in counts.items() if n < self.min_samples]
         if short:
             return f"Record at least {self.min_samples} samples for every class; " \
@@ -85,6 +99,7 @@ class Studio:
             run["points"] = None
         trained = self.trained
         return {"type": "state",
+                "input": self.input,
                 "classes": [{"name": name, "count": n} for name, n in counts.items()],
                 "samples": sum(counts.values()),
                 "min_samples": self.min_samples,

@@ -35,7 +35,23 @@
     filePredictionUntil: 0, // a file's prediction stays on screen until then
     cards: new Map(),       // class name -> its <li>
     bars: new Map(),        // class name -> its bar <li>
+    kind: null,             // the bundle's input kind: "image" (camera) or "audio" (microphone)
+    mic: "off",             // off | starting | on | denied | missing | insecure | error
+    audio: {
+      ctx: null, rate: 0,   // the AudioContext and its sample rate
+      preroll: [],          // the last PREROLL_SECONDS of chunks (a word starts before the press)
+      clip: null,           // the clip being recorded: {label, chunks, length, limit, split}
+      listening: false,     // false | "pending" (asked the server) | true
+      heard: 0,             // detections shown
+    },
   };
+  const PREROLL_SECONDS = 0.25;
+  const MIN_CLIP_SECONDS = 0.3;
+  const MAX_HOLD_SECONDS = 10;
+  const BACKGROUND = "none";         // the background class (noise, silence, other words)
+  const BACKGROUND_SECONDS = 6;      // one background recording, cut into clips
+  const COUNTDOWN_STEPS = 3;
+  const COUNTDOWN_MS = 700;
 
   // ------------------------------------------------------------------ helpers
 
@@ -79,6 +95,7 @@
   };
   const percent = (x) => `${(100 * x).toFixed(x >= 0.995 || x < 0.005 ? 0 : 1)}%`;
   const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const isAudio = (file) => file.type.startsWith("audio/") || /\.(wav|flac|ogg|oga|opus)$/i.test(file.name);
   const isImage = (file) => file.type.startsWith("image/") ||
     /\.(jpe?g|png|gif|webp|bmp|tiff?|ppm|pgm)$/i.test(file.name);
 
@@ -93,6 +110,7 @@
       app.retry = 0;
       app.inFlight = false;
       if (app.recording) send({ type: "record", label: app.recording });
+      if (app.audio.listening) sendListen(true);
       renderStatus();
     };
     ws.onmessage = (event) => {
@@ -138,8 +156,15 @@
       case "training_done":
         finishRun(message.run);
         break;
+      case "listening":
+        onListening(message);
+        break;
+      case "scores":
+        onScores(message);
+        break;
       case "error":
         if (message.frame !== undefined) app.inFlight = false;
+        if (app.audio.listening === "pending") setListening(false);
         toast(message.message || "error", true);
         break;
       default:
@@ -151,6 +176,7 @@
 
   function setState(state) {
     app.state = state;
+    if (!app.kind) startMedia((state.input && state.input.kind) || "image");
     const epochsInput = $("epochs");
     if (state.default_epochs && !epochsInput.dataset.edited) {
       epochsInput.value = state.default_epochs;  // the server's default until the user types
@@ -164,6 +190,7 @@
     renderStatus();
     renderTraining();
     renderBarsFromState();
+    if (app.kind === "audio") renderListen();
   }
 
   function renderStatus() {
@@ -222,6 +249,7 @@
   function renderClasses() {
     const classes = app.state.classes;
     $("classes-empty").hidden = classes.length > 0;
+    $("add-background").hidden = app.kind !== "audio" || classes.some((c) => c.name === BACKGROUND);
     const list = $("class-list");
     const wanted = new Set(classes.map((c) => c.name));
     for (const [name, card] of app.cards) {
@@ -240,9 +268,12 @@
       if (list.children[index] !== card) list.insertBefore(card, list.children[index] || null);
       card.style.setProperty("--swatch", PALETTE[index % PALETTE.length]);
       updateCount(cls.name, cls.count);
-      const record = card.querySelector("button.record");
-      record.disabled = app.camera !== "on";
-      record.title = app.camera === "on" ? "" : "No camera: use Add images instead";
+      const can = canRecord();
+      for (const record of card.querySelectorAll("button.record")) {
+        record.disabled = !can;
+        record.title = can ? "" : (app.kind === "audio" ? "No microphone: use Add clips instead"
+                                                        : "No camera: use Add images instead");
+      }
       card.querySelector("button.undo").disabled = cls.count === 0;
     });
   }
@@ -261,13 +292,17 @@
     const count = el("span", { class: "count", text: "" });
     const head = el("div", { class: "class-head" }, title, count);
 
+    const audio = app.kind === "audio";
+    if (audio && name === BACKGROUND) title.append(" ", el("span", { class: "tag", text: "background" }));
     const record = el("button", { type: "button", class: "record", text: "Hold to record",
                                   "aria-pressed": "false",
                                   "aria-label": `Hold to record ${name}` });
-    const fileInput = el("input", { type: "file", multiple: true, accept: "image/*",
+    const fileInput = el("input", { type: "file", multiple: true,
+                                    accept: audio ? "audio/*,.wav,.flac,.ogg" : "image/*",
                                     class: "visually-hidden",
-                                    "aria-label": `Add image files to ${name}` });
-    const fileLabel = el("label", { class: "button secondary file-label" }, "Add images", fileInput);
+                                    "aria-label": `Add ${audio ? "audio" : "image"} files to ${name}` });
+    const fileLabel = el("label", { class: "button secondary file-label" },
+                         audio ? "Add clips" : "Add images", fileInput);
     const undo = el("button", { type: "button", class: "ghost undo", text: "Undo last",
                                 "aria-label": `Remove the last sample of ${name}` });
     const rename = el("button", { type: "button", class: "ghost", text: "Rename",
@@ -275,6 +310,15 @@
     const remove = el("button", { type: "button", class: "ghost danger", text: "Remove",
                                   "aria-label": `Remove ${name} and its samples` });
     const actions = el("div", { class: "class-actions" }, record, fileLabel, undo, rename, remove);
+    if (audio) {  // a fixed-length recording after a countdown (the background: several clips)
+      const seconds = name === BACKGROUND ? BACKGROUND_SECONDS : clipSeconds();
+      const timed = el("button", { type: "button", class: "record timed",
+                                   text: name === BACKGROUND ? `Record ${seconds} s of background` : `Record ${seconds} s`,
+                                   "aria-label": `Record ${seconds} s of ${name}` });
+      timed.dataset.label = timed.textContent;
+      timed.addEventListener("click", () => timedClip(name, timed, seconds));
+      actions.insertBefore(timed, fileLabel);
+    }
     const card = el("li", { class: "class-card", "data-name": name }, head, actions);
 
     // hold to record: pointer (mouse, touch, pen) and keyboard (Space or Enter held down)
@@ -364,8 +408,9 @@
   }
 
   async function uploadFiles(label, files) {
-    const images = files.filter(isImage);
-    if (!images.length) { toast("Those are not image files.", true); return; }
+    const audio = app.kind === "audio";
+    const images = files.filter(audio ? isAudio : isImage);
+    if (!images.length) { toast(`Those are not ${audio ? "audio" : "image"} files.`, true); return; }
     let added = 0;
     let batch = [];
     let size = 0;
@@ -374,7 +419,7 @@
       const form = new FormData();
       form.append("label", label);
       for (const file of batch) form.append("files", file, file.name);
-      toast(`Adding ${plural(batch.length, "image")} to ${label}…`);
+      toast(`Adding ${plural(batch.length, audio ? "clip" : "image")} to ${label}…`);
       const result = await api("POST", "/api/samples", form);
       batch = [];
       size = 0;
@@ -388,7 +433,7 @@
       batch.push(file);
       size += file.size;
     }
-    if (await flush()) toast(`Added ${plural(added, "image")} to ${label}.`);
+    if (await flush()) toast(`Added ${plural(added, audio ? "clip" : "image")} to ${label}.`);
   }
 
   $("add-class").addEventListener("submit", async (event) => {
@@ -405,7 +450,12 @@
 
   // ------------------------------------------------------------------ recording
 
+  function canRecord() {
+    return app.kind === "audio" ? app.mic === "on" : app.camera === "on";
+  }
+
   function startRecording(label, button) {
+    if (app.kind === "audio") { startClip(label, button, null); return; }
     if (app.camera !== "on") {
       toast("No camera: add image files to the class instead.", true);
       return;
@@ -423,6 +473,7 @@
   }
 
   function stopRecording() {
+    if (app.kind === "audio") { if (app.audio.clip && !app.audio.clip.limit) finishClip(); return; }
     if (!app.recording) return;
     const card = app.cards.get(app.recording);
     app.recording = null;
@@ -513,6 +564,331 @@
     ws.send(bytes.buffer);
   }
 
+  // ------------------------------------------------------------------ microphone (audio bundles)
+
+  function startMedia(kind) {
+    if (app.kind) return;
+    app.kind = kind;
+    document.body.dataset.kind = kind;
+    if (kind !== "audio") { startCamera(); return; }
+    document.title = "edgetune · teachable microphone";
+    $("app-title").textContent = "Teachable microphone";
+    $("camera-title").textContent = "Microphone";
+    $("viewport").hidden = true;
+    $("camera-state").hidden = true;
+    $("mic").hidden = false;
+    $("predict-title").textContent = "Confidence (live)";
+    $("predict-file").accept = "audio/*,.wav,.flac,.ogg";
+    $("predict-file-label").textContent = "Predict an audio file…";
+    $("predict-file-hint").textContent = "WAV, FLAC or OGG";
+    $("file-preview").hidden = true;
+    $("classes-empty").textContent = "No classes yet. Add one for each word to recognize, and the background class (none) for silence, room noise and other words.";
+    $("record-help").replaceChildren(
+      "Hold ", el("b", { text: "Hold to record" }), " while saying the word (mouse, touch, or Space/Enter held on the button), or press ",
+      el("b", { text: `Record ${clipSeconds()} s` }), " and speak after the countdown. Record the background class from room noise. No microphone? Use ",
+      el("b", { text: "Add clips" }), " (WAV, FLAC or OGG).");
+    for (const card of app.cards.values()) card.remove();  // made before the kind was known
+    app.cards.clear();
+    if (app.state) renderClasses();
+    startMicrophone();
+  }
+
+  const clipSeconds = () => (app.state && app.state.input && app.state.input.seconds) || 1.5;
+
+  const MIC_TEXT = {
+    starting: "Starting the microphone…",
+    on: "Microphone on.",
+    denied: "No microphone permission. Allow the microphone for this page in the browser's site settings and reload — or use Add clips on each class.",
+    missing: "No microphone found. Use audio files instead: Add clips on each class, then Predict an audio file.",
+    insecure: "The browser allows the microphone only on https or on this device (http://127.0.0.1). Use audio files instead.",
+    error: "The microphone could not start. Use audio files instead: Add clips on each class.",
+  };
+
+  function setMic(mode, detail) {
+    app.mic = mode;
+    $("mic-state").textContent = MIC_TEXT[mode] + (detail ? ` ${mode === "on" ? "·" : "—"} ${detail}` : "");
+    $("file-test").classList.toggle("emphasis", mode !== "on" && mode !== "starting");
+    renderListen();
+    if (app.state) renderClasses();
+  }
+
+  async function startMicrophone() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.AudioContext) {
+      setMic(window.isSecureContext ? "missing" : "insecure");
+      return;
+    }
+    setMic("starting");
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+        video: false,
+      });
+    } catch (e) {
+      const name = e && e.name;
+      if (name === "NotAllowedError" || name === "SecurityError") setMic("denied");
+      else if (name === "NotFoundError" || name === "OverconstrainedError" || name === "NotReadableError") setMic("missing", name);
+      else setMic("error", name || String(e));
+      return;
+    }
+    try {
+      const wanted = app.state && app.state.input && app.state.input.sample_rate;
+      let ctx = null;
+      let source = null;
+      try {  // at the model's rate when the browser resamples for us; else the device's
+        ctx = new AudioContext(wanted ? { sampleRate: wanted } : {});
+        source = ctx.createMediaStreamSource(stream);
+      } catch (e) {
+        if (ctx) ctx.close();
+        ctx = new AudioContext();
+        source = ctx.createMediaStreamSource(stream);
+      }
+      const chunk = Math.round(ctx.sampleRate * 0.1);
+      let node;
+      if (ctx.audioWorklet) {
+        await ctx.audioWorklet.addModule("/static/pcm-worklet.js");
+        node = new AudioWorkletNode(ctx, "edgetune-pcm", { processorOptions: { chunk } });
+        node.port.onmessage = (event) => onPcm(event.data);
+      } else {  // older browsers
+        node = ctx.createScriptProcessor(4096, 1, 1);
+        node.onaudioprocess = (event) => onPcm(new Float32Array(event.inputBuffer.getChannelData(0)));
+      }
+      const mute = ctx.createGain();
+      mute.gain.value = 0;
+      source.connect(node);
+      node.connect(mute);
+      mute.connect(ctx.destination);
+      app.audio.ctx = ctx;
+      app.audio.rate = ctx.sampleRate;
+      app.audio.stream = stream;
+      stream.getAudioTracks().forEach((track) => track.addEventListener("ended", () => setMic("missing")));
+      setMic("on", ctx.state === "suspended" ? "press any button to start it" : `${ctx.sampleRate} Hz`);
+      if (ctx.state === "suspended") {
+        ctx.addEventListener("statechange", () => { if (ctx.state === "running") setMic("on", `${ctx.sampleRate} Hz`); });
+      }
+    } catch (e) {
+      setMic("error", (e && (e.message || e.name)) || String(e));
+    }
+  }
+
+  function resumeAudio() {  // browsers start an AudioContext only after a user gesture
+    const ctx = app.audio.ctx;
+    if (ctx && ctx.state === "suspended") ctx.resume().catch(() => {});
+  }
+  for (const type of ["pointerdown", "keydown"]) window.addEventListener(type, resumeAudio, true);
+
+  function onPcm(chunk) {
+    const audio = app.audio;
+    let sum = 0;
+    for (let i = 0; i < chunk.length; i++) sum += chunk[i] * chunk[i];
+    const db = 10 * Math.log10(sum / Math.max(1, chunk.length) + 1e-12);
+    const meter = document.querySelector(".level");
+    const fill = $("level-fill");
+    const level = Math.max(-60, Math.min(0, db));
+    fill.style.width = `${((level + 60) / 60) * 100}%`;
+    meter.setAttribute("aria-valuenow", String(Math.round(level)));
+
+    const clip = audio.clip;
+    if (clip && clip.recording) {
+      clip.chunks.push(chunk);
+      clip.length += chunk.length;
+      if (clip.limit && clip.length >= clip.limit) finishClip();
+      else if (!clip.limit && clip.length >= MAX_HOLD_SECONDS * audio.rate) finishClip();
+    } else {
+      audio.preroll.push(chunk);
+      let kept = audio.preroll.reduce((n, c) => n + c.length, 0);
+      while (audio.preroll.length > 1 && kept - audio.preroll[0].length >= PREROLL_SECONDS * audio.rate) {
+        kept -= audio.preroll.shift().length;
+      }
+    }
+    if (audio.listening === true && app.ws && app.ws.readyState === WebSocket.OPEN) {
+      if (app.ws.bufferedAmount < 1 << 20) app.ws.send(chunk.buffer);
+    }
+  }
+
+  function showClip(label, text) {
+    const badge = $("mic-badge");
+    badge.hidden = !label;
+    badge.textContent = text || `● Recording ${label}`;
+    $("mic").classList.toggle("recording", Boolean(label));
+  }
+
+  function startClip(label, button, seconds, split = 1) {
+    if (app.mic !== "on" || !app.audio.ctx) {
+      toast("No microphone: add audio files to the class instead.", true);
+      return;
+    }
+    if (app.audio.clip) return;
+    resumeAudio();
+    const rate = app.audio.rate;
+    const preroll = seconds ? [] : app.audio.preroll.slice();  // a hold starts a little early
+    app.audio.clip = {
+      label, button, recording: true, split,
+      chunks: preroll, length: preroll.reduce((n, c) => n + c.length, 0),
+      limit: seconds ? Math.round(seconds * rate) : 0,
+    };
+    app.audio.preroll = [];
+    button.setAttribute("aria-pressed", "true");
+    button.textContent = "Recording…";
+    showClip(label);
+  }
+
+  async function timedClip(label, button, seconds) {
+    if (app.audio.clip || button.classList.contains("counting")) return;
+    if (app.mic !== "on") { toast("No microphone: add audio files to the class instead.", true); return; }
+    resumeAudio();
+    button.classList.add("counting");
+    for (let i = COUNTDOWN_STEPS; i > 0; i--) {
+      button.textContent = `${i}…`;
+      showClip(label, label === BACKGROUND ? `Quiet, please: ${i}…` : `Say "${label}" in ${i}…`);
+      await new Promise((resolve) => setTimeout(resolve, COUNTDOWN_MS));
+    }
+    button.classList.remove("counting");
+    const split = label === BACKGROUND ? Math.max(1, Math.floor(seconds / clipSeconds())) : 1;
+    startClip(label, button, seconds, split);
+  }
+
+  async function finishClip() {
+    const clip = app.audio.clip;
+    if (!clip || !clip.recording) return;
+    clip.recording = false;
+    app.audio.clip = null;
+    const button = clip.button;
+    button.setAttribute("aria-pressed", "false");
+    button.textContent = button.dataset.label || "Hold to record";
+    showClip(null);
+    const rate = app.audio.rate;
+    const samples = new Float32Array(clip.length);
+    let at = 0;
+    for (const chunk of clip.chunks) { samples.set(chunk, at); at += chunk.length; }
+    if (samples.length < MIN_CLIP_SECONDS * rate) {
+      toast("Too short: hold the button while you say the word.", true);
+      return;
+    }
+    const form = new FormData();
+    form.append("label", clip.label);
+    const part = Math.floor(samples.length / clip.split);
+    for (let i = 0; i < clip.split; i++) {
+      const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+      form.append("files", wavBlob(samples.subarray(i * part, (i + 1) * part), rate), `mic-${stamp}-${i}.wav`);
+    }
+    const result = await api("POST", "/api/samples", form);
+    if (result) {
+      setState(result.state);
+      toast(`Recorded ${plural(result.added, "clip")} of ${clip.label}.`);
+    }
+  }
+
+  function wavBlob(samples, rate) {  // 16-bit PCM mono WAV
+    const buffer = new ArrayBuffer(44 + samples.length * 2);
+    const view = new DataView(buffer);
+    const text = (offset, value) => { for (let i = 0; i < value.length; i++) view.setUint8(offset + i, value.charCodeAt(i)); };
+    text(0, "RIFF");
+    view.setUint32(4, 36 + samples.length * 2, true);
+    text(8, "WAVE");
+    text(12, "fmt ");
+    view.setUint32(16, 16, true);
+    view.setUint16(20, 1, true);
+    view.setUint16(22, 1, true);
+    view.setUint32(24, rate, true);
+    view.setUint32(28, rate * 2, true);
+    view.setUint16(32, 2, true);
+    view.setUint16(34, 16, true);
+    text(36, "data");
+    view.setUint32(40, samples.length * 2, true);
+    for (let i = 0; i < samples.length; i++) {
+      const v = Math.max(-1, Math.min(1, samples[i]));
+      view.setInt16(44 + i * 2, Math.round(v * 32767), true);
+    }
+    return new Blob([buffer], { type: "audio/wav" });
+  }
+
+  // listening: microphone chunks over the WebSocket into the server's detector
+
+  function sendListen(on) {
+    if (on) {
+      app.audio.listening = "pending";  // chunks wait until the server has a detector
+      send({ type: "listen", rate: app.audio.rate });
+    } else {
+      send({ type: "listen", rate: null });
+    }
+  }
+
+  function setListening(on) {
+    app.audio.listening = on;
+    renderListen();
+  }
+
+  function renderListen() {
+    const button = $("listen");
+    const listening = Boolean(app.audio.listening);
+    const samples = app.state ? app.state.samples : 0;
+    button.disabled = app.mic !== "on" || (!samples && !listening);
+    button.textContent = listening ? "Stop listening" : "Listen";
+    button.setAttribute("aria-pressed", listening ? "true" : "false");
+    const background = app.state && app.state.classes.some((c) => c.name === BACKGROUND);
+    let hint;
+    if (listening) hint = "Listening: say a word.";
+    else if (!samples) hint = "Record samples, then listen: each word the model knows shows up below.";
+    else if (!background) hint = `Add the background class (${BACKGROUND}) and record room noise, or every sound is some word.`;
+    else hint = app.state.trained ? "Press Listen and say a word." : "Train, then press Listen (it works before training too, less well).";
+    $("listen-hint").textContent = hint;
+  }
+
+  $("listen").addEventListener("click", () => {
+    resumeAudio();
+    if (app.audio.listening) {
+      sendListen(false);
+      setListening(false);
+    } else {
+      sendListen(true);
+      renderListen();
+    }
+  });
+
+  $("add-background").addEventListener("click", async () => {
+    const result = await api("POST", "/api/classes", { name: BACKGROUND });
+    if (result) setState(result);
+  });
+
+  function onListening(message) {
+    if (message.rate === null || message.rate === undefined) return;
+    if (app.audio.listening !== "pending") { sendListen(false); return; }  // stopped meanwhile
+    setListening(true);
+    $("prediction-source").textContent = `Listening · windows of ${message.window} s every ${message.hop} s` +
+      (message.background ? "" : ` · no background class (${BACKGROUND}) yet`);
+  }
+
+  function onScores(message) {
+    if (app.audio.listening !== true) return;
+    const scores = message.scores || {};
+    const names = Object.keys(scores);
+    if (names.length && Date.now() >= app.filePredictionUntil) {
+      const best = names.reduce((a, b) => (scores[b] > scores[a] ? b : a));
+      const label = $("prediction");
+      label.textContent = best;
+      label.style.color = colorOf(best);
+      $("prediction-source").textContent = `${percent(scores[best])} · smoothed score · ` +
+        `${message.time.toFixed(1)} s heard` +
+        (message.real_time_factor ? ` · ${Math.round(100 * message.real_time_factor)}% of real time` : "");
+      renderBars(scores, best);
+    }
+    for (const d of message.detections || []) addDetection(d);
+  }
+
+  function addDetection(d) {
+    const list = $("detections");
+    app.audio.heard += 1;
+    const item = el("li", { class: "detection fresh", "data-label": d.label },
+      el("span", { class: "word", text: d.label }),
+      el("span", { class: "when", text: `${percent(d.score)} · ${d.start.toFixed(1)}–${d.end.toFixed(1)} s` }));
+    item.style.setProperty("--swatch", colorOf(d.label));
+    list.prepend(item);
+    setTimeout(() => item.classList.remove("fresh"), 1500);
+    while (list.children.length > 50) list.lastChild.remove();
+    $("detections-empty").hidden = true;
+  }
+
   // ------------------------------------------------------------------ prediction
 
   function renderPrediction(result, from) {
@@ -573,18 +949,23 @@
 
   async function predictFile(file) {
     if (!file) return;
-    if (!isImage(file)) { toast(`${file.name} is not an image file.`, true); return; }
+    const audio = app.kind === "audio";
+    if (!(audio ? isAudio(file) : isImage(file))) {
+      toast(`${file.name} is not ${audio ? "an audio" : "an image"} file.`, true);
+      return;
+    }
     const figure = $("file-figure");
     const preview = $("file-preview");
     if (preview.src) URL.revokeObjectURL(preview.src);
-    preview.src = URL.createObjectURL(file);
+    preview.hidden = audio;
+    if (!audio) preview.src = URL.createObjectURL(file);
     $("file-caption").textContent = `${file.name}: predicting…`;
     figure.hidden = false;
     const form = new FormData();
     form.append("image", file, file.name);
     const result = await api("POST", "/api/predict", form);
     if (!result) { $("file-caption").textContent = `${file.name}: failed`; return; }
-    app.filePredictionUntil = Date.now() + (app.camera === "on" ? 4000 : 1e12);
+    app.filePredictionUntil = Date.now() + (app.camera === "on" || app.audio.listening ? 4000 : 1e12);
     renderPrediction(result, file.name);
     $("file-caption").textContent = result.label
       ? `${file.name}: ${result.label} (${percent(result.scores[result.label])})`
@@ -764,8 +1145,10 @@
   // ------------------------------------------------------------------ start
 
   drawLoss();
-  api("GET", "/api/state").then((state) => { if (state && !app.state) setState(state); });
+  api("GET", "/api/state").then((state) => {
+    if (state && !app.state) setState(state);
+    else if (!state && !app.kind) startMedia("image");
+  });
   connect();
-  startCamera();
   tick();
 })();
