@@ -324,5 +324,8 @@ def test_record_words_and_background_train_and_listen_in_chromium(speech_bundle,
         page.get_by_role("button", name="Stop listening").click()
         expect(page.get_by_role("button", name="Listen")).to_be_visible()
         assert shot.stat().st_size > 20_000
+        page.set_viewport_size({"width": 380, "height": 800})  # a narrow window
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 380, f"the page scrolls sideways in a narrow window ({width} px)"
     assert not errors, errors
     assert time.monotonic() - t0 < 75

@@ -1,6 +1,7 @@
 """The teachable camera: a local web app that personalizes a model from the camera.
 
-    edgetune serve [--bundle B] [--profile P] [--host 127.0.0.1] [--port 8321] [--token T]
+    edgetune serve [--bundle B | --audio] [--profile P] [--host 127.0.0.1] [--port 8321]
+                   [--token T]
     python -m edgetune.server            # the same command (what `make run` starts)
 
 A person opens the page, adds classes, holds a button per class to record samples from
@@ -9,14 +10,24 @@ loss fall and sees live predictions with confidence bars. Samples (as features, 
 images) and the trained head persist in the profile; the personalized model downloads
 as one standalone ONNX file.
 
+With an audio bundle (input kind ``audio``, e.g. ``edgetune serve --audio``: the
+speech-embedding base) the same page is a teachable microphone: per class *Hold to
+record* or a countdown recording of one clip length (the background class ``none``
+records several clips of room noise), Train, then *Listen* streams the microphone over
+the WebSocket into a streaming detector and shows the smoothed score per class and the
+detections with their times.
+
 Defaults:
 
 - bundle: the profile's own copy if it has one, else the default bundle
   (EfficientNet-Lite0 + softmax head, the default optimizer), built once with
   :func:`edgetune.converter.convert.convert` into ``cache_dir()/default-3.edgetune``
-  (:func:`edgetune.paths.cache_dir`). Building needs the ``build`` extra; a device with
-  only a bundle does not.
-- profile: :func:`edgetune.paths.default_profile`.
+  (:func:`edgetune.paths.cache_dir`); with ``--audio`` (``--base speech-embedding``)
+  the speech-embedding + softmax bundle ``cache_dir()/speech-1.edgetune``. Building
+  needs the ``build`` extra (and ``audio`` for speech); a device with only a bundle
+  does not.
+- profile: :func:`edgetune.paths.default_profile` (with ``--audio``: ``speech-profile``
+  beside it).
 - host and port: :data:`edgetune.defaults.HOST` and :data:`~edgetune.defaults.PORT`
   (127.0.0.1:8321). Any other address than a loopback one is refused unless an access
   token is given (``--token`` or ``$EDGETUNE_TOKEN``); with a token every request

@@ -578,6 +578,7 @@
     $("camera-state").hidden = true;
     $("mic").hidden = false;
     $("predict-title").textContent = "Confidence (live)";
+    $("new-class").placeholder = "e.g. lights";
     $("predict-file").accept = "audio/*,.wav,.flac,.ogg";
     $("predict-file-label").textContent = "Predict an audio file…";
     $("predict-file-hint").textContent = "WAV, FLAC or OGG";
@@ -597,7 +598,7 @@
 
   const MIC_TEXT = {
     starting: "Starting the microphone…",
-    on: "Microphone on.",
+    on: "Microphone on",
     denied: "No microphone permission. Allow the microphone for this page in the browser's site settings and reload — or use Add clips on each class.",
     missing: "No microphone found. Use audio files instead: Add clips on each class, then Predict an audio file.",
     insecure: "The browser allows the microphone only on https or on this device (http://127.0.0.1). Use audio files instead.",
