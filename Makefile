@@ -20,11 +20,11 @@ $(VENV)/bin/python:
 # Running needs the runtime, the converter (the default bundle is built on first
 # start) and the web app; not the test tools.
 $(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio]'
+	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio,text]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio,dev]'
+	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio,text,dev]'
 	touch $@ $(RUN_STAMP)
 
 # System packages: installed with apt-get when run as root, else the exact command is
