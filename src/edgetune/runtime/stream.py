@@ -172,6 +172,16 @@ class Detector:
         yield from self.flush()
 
     @property
+    def scores(self) -> dict[str, float]:
+        """Each class's score averaged over the last `smoothing` windows: what a
+        detection fires on (empty before the first window)."""
+        if not self._recent:
+            return {}
+        labels = {c for _, s in self._recent for c in s}
+        return {c: float(sum(s.get(c, 0.0) for _, s in self._recent) / len(self._recent))
+                for c in labels}
+
+    @property
     def stats(self) -> dict:
         """Audio seconds seen, windows scored, compute seconds and the real-time factor
         (compute seconds per second of audio; below 1 keeps up with a live stream)."""
@@ -251,9 +261,7 @@ class Detector:
 
     def _decide(self, start: int, scores: dict) -> dict | None:
         self._recent.append((start, scores))
-        labels = {c for _, s in self._recent for c in s}
-        smoothed = {c: sum(s.get(c, 0.0) for _, s in self._recent) / len(self._recent)
-                    for c in labels}
+        smoothed = self.scores
         for label, value in smoothed.items():
             if value < self.threshold:
                 self._armed[label] = True

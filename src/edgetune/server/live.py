@@ -248,16 +248,7 @@ async def _audio(studio: Studio, limits: Limits, session: dict, data: bytes) -> 
 
 def smoothed_scores(detector) -> dict[str, float]:
     """Each class's score averaged over the detector's last windows (what fires)."""
-    accessor = getattr(detector, "scores", None)
-    if callable(accessor):
-        return dict(accessor())
-    if isinstance(accessor, dict):
-        return dict(accessor)
-    recent = list(getattr(detector, "_recent", ()))
-    if not recent:
-        return {}
-    labels = {c for _, s in recent for c in s}
-    return {c: float(sum(s.get(c, 0.0) for _, s in recent) / len(recent)) for c in labels}
+    return dict(detector.scores)
 
 
 def live_routes() -> list:
