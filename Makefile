@@ -9,7 +9,7 @@ SYSTEM_STAMP := $(VENV)/.installed-system
 # page's end-to-end tests, Node.js for the JavaScript runtime test.
 # (Node.js counts as present when `npm` runs, however it was installed.)
 # espeak-ng and flite speak the words of the speech tests; sox mixes their noise.
-SYSTEM_PACKAGES := dataset-fashion-mnist chromium espeak-ng flite sox
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium espeak-ng flite sox fortunes fortunes-min
 
 .PHONY: run test lint bench clean system
 

@@ -43,6 +43,8 @@ GRAPH_ROLES = {
     "train_epoch": ({"features", "labels", "sample_weight", "lr", "step"}, {"losses"}),
     "infer": ({"features"}, {"probabilities"}),
 }
+# A text base takes token ids and their mask (graph roles = the manifest's input fields).
+TEXT_BASE_ROLES = ("input_ids", "attention_mask")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -149,6 +151,8 @@ def validate_manifest(manifest) -> None:
                                                for k, v in io.items()),
                   f"{where}.{side}", "must map role names to tensor names")
         wanted_in, wanted_out = GRAPH_ROLES.get(role, (set(), set()))
+        if role in ("base", "base_int8") and inp.get("kind") == "text":
+            wanted_in = set(TEXT_BASE_ROLES)
         missing = (wanted_in - set(entry["inputs"])) | (wanted_out - set(entry["outputs"]))
         _need(not missing, where, f"lacks the roles {sorted(missing)}")
     _check_tensor_specs(manifest.get("params"), "params",
@@ -161,6 +165,14 @@ def validate_manifest(manifest) -> None:
         _need(spec["param"] in names, f"state[{i}].param", f"names no parameter: "
               f"{spec['param']!r}")
     _check_file_entry(manifest.get("init"), "init")
+    extra = manifest.get("files", {})
+    _need(isinstance(extra, dict), "files", "must map names to {file, sha256} objects")
+    for key, entry in extra.items():
+        _check_file_entry(entry, f"files.{key}")
+    if inp.get("kind") == "text":
+        tokenizer = _check_str(inp, "tokenizer", "input")
+        _need(any(e["file"] == tokenizer for e in extra.values()), "input.tokenizer",
+              f"names {tokenizer!r}, which is not a file of the bundle (files.*.file)")
 
 
 # -- the bundle --------------------------------------------------------------------------
@@ -212,6 +224,8 @@ class Bundle:
         for role, entry in manifest["graphs"].items():
             yield f"graphs.{role}", entry
         yield "init", manifest["init"]
+        for key, entry in manifest.get("files", {}).items():
+            yield f"files.{key}", entry
 
     @staticmethod
     def _read_verified(root: Path, entry: dict, where: str) -> tuple[bytes, tuple]:
@@ -295,6 +309,15 @@ class Bundle:
             raise BundleError(f"{where}: {entry['file']} is not in memory and the bundle has "
                               f"no directory to read it from")
         return self._read_verified(self.path, entry, where)[0]
+
+    def file(self, name: str) -> bytes:
+        """The verified bytes of a file of the bundle listed under the manifest's
+        ``files`` (e.g. ``tokenizer.json`` of a text bundle), or of a graph or the init
+        file; BundleError for a name the manifest does not list."""
+        for where, entry in self._file_entries(self.manifest):
+            if entry["file"] == name:
+                return self._bytes(entry, where)
+        raise BundleError(f"the bundle has no file {name!r}")
 
     def has_graph(self, role: str) -> bool:
         return role in self.manifest["graphs"]

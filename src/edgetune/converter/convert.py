@@ -37,10 +37,13 @@ from edgetune.converter.optimizers import OPTIMIZERS, Optimizer
 from edgetune.converter.preprocess import InputPlan, plan_input, wrap
 from edgetune.converter.rewrite import pointwise_head_as_gemm
 from edgetune.converter.speech import audio_input_section, speech_embedding
+from edgetune.converter.text import DEFAULT_MAX_LENGTH, minilm, text_input_section, tokenizer_json
 from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
 from edgetune.hyperparams import check_classes, check_lr, check_non_negative
 
 ZOO = {"efficientnet-lite0": efficientnet_lite0, "speech-embedding": speech_embedding}
+# Text bases (token ids and mask in): name -> precision of all-MiniLM-L6-v2 (text.py).
+TEXT_ZOO = {"minilm": "int8", "minilm-fp32": "fp32"}
 # How a zoo base's input is planned when the caller does not say (see preprocess.py).
 ZOO_PREPROCESS = {"speech-embedding": "audio"}
 
@@ -144,8 +147,8 @@ def prepare_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = No
                 raise ValueError(f"base model {text} does not exist")
             model, name, source = None, Path(text).name, text
         else:
-            raise ValueError(f"base {text!r} is neither a known base ({', '.join(ZOO)}) nor "
-                             f"an ONNX file")
+            raise ValueError(f"base {text!r} is neither a known base "
+                             f"({', '.join([*ZOO, *TEXT_ZOO])}) nor an ONNX file")
     repairs: list[str] = []
     if name in ZOO and preprocess is None:
         preprocess = ZOO_PREPROCESS.get(name)
@@ -246,7 +249,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             weight_decay: float | None = None, l2: float = 0.0,
             quantize: str | os.PathLike | None = None,
             cache_dir: str | os.PathLike | None = None, preprocess=None,
-            input_size: tuple[int, int] | int | None = None) -> Bundle:
+            input_size: tuple[int, int] | int | None = None,
+            max_length: int | None = None) -> Bundle:
     """Build a bundle: base (cut where training starts), training graphs, parameters.
 
     base: "efficientnet-lite0", "speech-embedding" (16 kHz PCM clips of 1.5 s, see
@@ -264,6 +268,9 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     not given (a float image input: "imagenet", with a warning) and recorded in
     manifest["input"]["preprocessing"]. input_size: (height, width) for a base whose
     height and width are dynamic.
+    base "minilm" (int8) or "minilm-fp32": all-MiniLM-L6-v2 sentence embeddings of texts
+    of at most `max_length` tokens (default 128), with the tokenizer in the bundle
+    (edgetune.converter.text); trains the head only.
     """
     mode = Trainable.parse(trainable)
     if classes is not None:
@@ -274,8 +281,21 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     if optimizer is None and isinstance(head, Head):
         optimizer = head.default_optimizer
     optimizer = resolve_optimizer(optimizer, lr, weight_decay, str(mode))
-    base_model, base_name, plan, repairs = prepare_base(
-        base, cut, cache_dir, preprocess=preprocess, input_size=input_size)
+    text_base = None if isinstance(base, onnx.ModelProto) else TEXT_ZOO.get(os.fspath(base))
+    if text_base is not None:
+        max_length = DEFAULT_MAX_LENGTH if max_length is None else max_length
+        if mode.mode != "head" or cut is not None or quantize is not None or \
+                preprocess is not None:
+            raise ValueError(f"base {os.fspath(base)!r} trains the head only, without cut, "
+                             f"quantize or preprocess (its int8 form is base 'minilm')")
+        base_model = onnx.load(os.fspath(minilm(cache_dir, max_length=max_length,
+                                                precision=text_base)))
+        base_name, plan, repairs = os.fspath(base), None, []
+    else:
+        if max_length is not None:
+            raise ValueError("max_length is for text bases (minilm, minilm-fp32)")
+        base_model, base_name, plan, repairs = prepare_base(
+            base, cut, cache_dir, preprocess=preprocess, input_size=input_size)
     image_name, features_name = _io_names(base_model)
 
     tail, cut_name = None, features_name
@@ -307,9 +327,15 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
              **graphs.files()}
     manifest = _manifest(base_model, base_name, image_name, cut_shape, graphs, mode, head,
                          classes, _output_layer(head, head_model, [p.name for p in graphs.params]))
-    if plan.preset == "audio":
+    if text_base is not None:
+        manifest["input"] = text_input_section(max_length)
+        manifest["graphs"]["base"]["inputs"] = {"input_ids": "input_ids",
+                                                "attention_mask": "attention_mask"}
+        files["tokenizer.json"] = tokenizer_json(max_length)
+        manifest["files"] = {"tokenizer": {"file": "tokenizer.json", "sha256": "0" * 64}}
+    elif plan.preset == "audio":
         manifest["input"] = audio_input_section(image_name, plan.dims[1], plan.sample_rate)
-    if plan.changes_model or plan.detected or preprocess is not None:
+    if plan is not None and (plan.changes_model or plan.detected or preprocess is not None):
         if plan.section() is not None:
             manifest["input"]["preprocessing"] = plan.section()
     if repairs:

@@ -13,7 +13,7 @@ A bundle's manifest says what kind of input its base takes (``input.kind``); one
     pairs = preparer.list_folder("photos/")        # [(Path, class), ...]
 
 Kinds known here: ``image`` (:mod:`edgetune.inputs.image`), ``audio``
-(:mod:`edgetune.inputs.audio`) and ``tensor`` (a base whose
+(:mod:`edgetune.inputs.audio`), ``text`` (:mod:`edgetune.inputs.text`) and ``tensor`` (a base whose
 input is a plain array, checked for shape and dtype). A manifest without ``kind`` is an
 image bundle (unless it says its layout is not an image's, as bundles of non-image bases
 did before kinds existed: those read as ``tensor``). More kinds plug in with
@@ -185,6 +185,7 @@ class TensorPreparer(Preparer):
 _REGISTRY: dict[str, PreparerFactory | str] = {
     "image": "edgetune.inputs.image:ImagePreparer",
     "audio": "edgetune.inputs.audio:AudioPreparer",
+    "text": "edgetune.inputs.text:TextPreparer",
     "tensor": TensorPreparer,
 }
 

@@ -135,7 +135,8 @@ class Personalizer:
         self._bundle_id = sha256(json.dumps(manifest, sort_keys=True).encode())
         self.features_shape = tuple(manifest["features"]["shape"])
         self._input = manifest["input"]
-        self.preparer = preparer_for(self._input, min_image_size=self.min_image_size)
+        self.preparer = preparer_for(self._input, min_image_size=self.min_image_size,
+                                     files=self.bundle)
         self.store = open_store(self.profile, self.features_shape, self._bundle_id,
                                 self.read_only)
         self._precision = open_precision(self.profile, self.store, self.bundle, precision,
