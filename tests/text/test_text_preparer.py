@@ -64,8 +64,9 @@ def test_bytes_and_files_read_as_utf8(preparer, tmp_path):
 
 @pytest.mark.parametrize("empty", ["", "   ", "\n\t\n", b" "])
 def test_empty_text_is_refused(preparer, empty):
-    with pytest.raises(BadInputError, match="empty"):
+    with pytest.raises(BadInputError, match="empty") as error:
         preparer.prepare(empty)
+    assert "file" not in str(error.value)
 
 
 def test_truncation_is_reported(preparer):

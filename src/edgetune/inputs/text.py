@@ -127,7 +127,8 @@ class TextPreparer(Preparer):
     # -- preparing ----------------------------------------------------------------------
     def read(self, item) -> str:
         """The normalized text of an input (see the module docstring)."""
-        name = describe_input(item, "text")
+        name = "text" if isinstance(item, str) and not _is_text_file(item) else \
+            describe_input(item, "text")
         if isinstance(item, os.PathLike) or (isinstance(item, str) and _is_text_file(item)):
             path = Path(item)
             if not path.is_file():
