@@ -1,6 +1,6 @@
 """Topic personalization end to end on real quotations (Debian fortunes): 8 quotes per
 topic for 5 topics, predicted on 40 held-out quotes per topic. Through the Python API
-and the CLI (DIR/<topic>/*.txt)."""
+and the CLI (DIR/<topic>/*.txt, then export)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,11 @@ def test_personalize_topics_through_the_api(tmp_path):
 
 
 def test_cli_train_predict(tmp_path, capsys):
+    import onnxruntime as ort
+
+    from edgetune.bundle import Bundle
     from edgetune.cli import main
+    from edgetune.inputs import preparer_for
 
     def run(*argv):
         try:
@@ -69,3 +73,18 @@ def test_cli_train_predict(tmp_path, capsys):
     accuracy = np.mean([r["label"] == y for r, y in zip(predicted, labels)])
     print(f"CLI held-out accuracy: {accuracy:.3f} of {len(files)}")
     assert accuracy >= MIN_ACCURACY
+
+    # the exported model takes the base's two inputs (the tokenizer stays in the bundle)
+    model = tmp_path / "personal.onnx"
+    run("export", "--profile", profile, "-o", model)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    bundle = Bundle.load(text_data.text_bundle())
+    preparer = preparer_for(bundle.manifest["input"], files=bundle)
+    rows = preparer.batch(files[:10])
+    feeds = preparer.feeds(rows, bundle.manifest["graphs"]["base"]["inputs"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    probabilities = outputs.get("probabilities", next(iter(outputs.values())))
+    classes = sorted(text_data.TOPICS)
+    for row, result in zip(probabilities, predicted[:10]):
+        np.testing.assert_allclose(row, [result["scores"][c] for c in classes], atol=1e-4)
