@@ -175,7 +175,8 @@ def test_an_unknown_kind_is_refused_at_load_naming_the_known_kinds(vector_kind, 
     bundle = _build(tmp_path, "vector")
     unregister("vector")  # an edgetune that does not know the kind
     with pytest.raises(BundleError, match=r"input.kind 'vector' is not an input kind this "
-                                          r"edgetune knows \(it knows audio, image, tensor, text\); "
+                                          r"edgetune knows \(it knows audio, image, tensor, "
+                                          r"text\); "
                                           r"upgrade edgetune"):
         Bundle.load(bundle)
     with pytest.raises(BundleError, match="upgrade edgetune"):

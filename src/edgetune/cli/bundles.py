@@ -104,7 +104,8 @@ def _inspect_lines(info: dict) -> list[str]:
 def add_commands(add) -> None:
     p = add("convert", help="build a bundle from a base and a head")
     p.add_argument("--base", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (images), speech-embedding (16 kHz speech) or "
+                   help="efficientnet-lite0 (images), speech-embedding (16 kHz speech), "
+                   "minilm or minilm-fp32 (sentences), or "
                    "MODEL.onnx (default: efficientnet-lite0)")
     p.add_argument("--cut", help="tensor of an ONNX base to use as features "
                    "(default: its first output)")
