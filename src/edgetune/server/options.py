@@ -59,7 +59,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m edgetune.server``: errors on stderr, exit code 2 (as ``edgetune``)."""
+    """``python -m edgetune.server``: errors on stderr with exit code 1, as ``edgetune``
+    (2 stays argparse's usage error); Ctrl-C exits 130."""
     parser = argparse.ArgumentParser(
         prog="python -m edgetune.server",
         description="The teachable camera (or microphone, --audio): a local web app that "
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = add_serve_arguments(parser).parse_args(argv)
     try:
         return run_from_args(args)
+    except KeyboardInterrupt:
+        return 130
     except (EdgetuneError, ValueError, FileNotFoundError) as e:
         print(f"edgetune serve: error: {e}", file=sys.stderr)
-        return 2
+        return 1
