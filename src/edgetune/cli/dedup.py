@@ -7,6 +7,7 @@
   folder, and the folder is the truth, so the stored sample is replaced by one of the
   new class (added first, then the old one removed: a crash in between leaves a
   duplicate a later run skips, never a loss).
+- A row of a .csv/.jsonl file (.tabular) is known by the sha256 of its text.
 - Samples of older profiles have no hash: a file at the same path is taken as the same
   sample (skipped) and its hash recorded, so it is recognized wherever it moves later.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune.cli.readable import Failure
+from edgetune.cli.tabular import Row, sha256_of, source_of
 
 __all__ = ["Plan", "plan"]
 
@@ -69,7 +71,7 @@ def plan(samples, items) -> Plan:
     result, seen = Plan(), set()
     for path, label in items:
         try:
-            sha = file_sha256(path)
+            sha = sha256_of(path) if isinstance(path, Row) else file_sha256(path)
         except OSError as e:
             result.failures.append(Failure(str(path), f"{path} cannot be read: "
                                            f"{e.strerror or e}"))
@@ -78,7 +80,7 @@ def plan(samples, items) -> Plan:
             result.skipped += 1
             continue
         seen.add(sha)
-        old = by_source.get(str(Path(path).resolve()))
+        old = by_source.get(source_of(path))
         stored = by_hash.get(sha) or ([old] if old else [])
         if old is not None and not by_hash.get(sha):
             result.backfill.append((old.id, sha))

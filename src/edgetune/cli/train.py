@@ -1,10 +1,12 @@
-"""`edgetune train`: add a folder of class folders to a profile (new files only, see
-.dedup), then train. Ctrl-C stops after the current step and keeps what was reached
-(exit 130); a run that trains nothing exits 1 and says why."""
+"""`edgetune train`: add a folder of class folders (or, for text bundles, a .csv/.jsonl
+file of labelled texts, .tabular) to a profile (new files only, see .dedup), then train.
+Ctrl-C stops after the current step and keeps what was reached (exit 130); a run that
+trains nothing exits 1 and says why."""
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import edgetune.cli.options as options
 from edgetune import defaults
@@ -13,6 +15,7 @@ from edgetune.cli.interrupt import stop_on_sigint
 from edgetune.cli.output import note, to_json
 from edgetune.cli.progress import Bar, epoch_progress
 from edgetune.cli.readable import readable, refuse_if_strict, report
+from edgetune.cli.tabular import SUFFIXES, input_of, list_data, source_of
 from edgetune.errors import BadInputError, EdgetuneError
 
 __all__ = ["add_commands"]
@@ -25,9 +28,9 @@ def train(args) -> int:
     from edgetune.inputs import preparer_for
 
     bundle = Bundle.load(args.bundle)  # the data is listed before the profile is touched
-    items = preparer_for(bundle.manifest["input"]).list_folder(args.data)
+    items, skipped = list_data(preparer_for(bundle.manifest["input"]), args.data)
     with _open(args, bundle) as p, stop_on_sigint(lambda: p.stop_training(timeout=0)) as sig:
-        work = _prepare(args, p, items)
+        work = _prepare(args, p, items, skipped)
         _add(args, p, work, sig)
         history = [] if sig.requested else p.fit(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -49,20 +52,24 @@ def _open(args, bundle):
     return Personalizer(bundle, profile=args.profile, wait=args.wait, **extra)
 
 
-def _prepare(args, p, items) -> Plan:
+def _prepare(args, p, items, skipped) -> Plan:
     """What this run adds; refuses (nothing added) under --strict with unreadable files
-    or when fewer than two classes would have samples."""
+    (or rows) or when fewer than two classes would have samples."""
     work = plan(p.samples(), items)
+    work.failures[:0] = skipped
     _, bad = readable(p.preparer, [n[0] for n in work.new] + [r[1] for r in work.relabel])
     work.drop(bad)
-    refuse_if_strict(args, work.failures, len(items), "nothing was added")
+    refuse_if_strict(args, work.failures, len(items) + len(skipped), "nothing was added")
     labels = {s.id: s.label for s in p.samples()}
     after = {k: v for k, v in work.counts_after(p.counts(), labels).items() if v > 0}
     if len(after) < 2:
         have = ", ".join(f"{k} ({v})" for k, v in after.items()) or "no samples"
+        fix = ("give rows of at least two labels" if items and not isinstance(items[0][0], Path)
+               or Path(args.data).suffix.lower() in SUFFIXES
+               else f"add a folder per class ({args.data}/<class>/<file>)")
         raise BadInputError(f"training needs samples of at least two classes; with "
-                            f"{args.data} the profile would have {have}: add a folder per "
-                            f"class ({args.data}/<class>/<file>). Nothing was added")
+                            f"{args.data} the profile would have {have}: {fix}. Nothing "
+                            f"was added")
     return work
 
 
@@ -78,8 +85,8 @@ def _add(args, p, work: Plan, sig) -> None:
             if sig.requested:
                 break
             chunk = todo[i:i + CHUNK]
-            ids = p.add_samples([t[0] for t in chunk], [t[1] for t in chunk],
-                                [str(t[0].resolve()) for t in chunk])
+            ids = p.add_samples([input_of(t[0]) for t in chunk], [t[1] for t in chunk],
+                                [source_of(t[0]) for t in chunk])
             p.store.annotate(ids, sha256=[t[2] for t in chunk])
             for *_, old in chunk:
                 if old is not None:
@@ -171,7 +178,9 @@ def _finish(args, result: dict) -> int:
 def add_commands(add) -> None:
     p = add("train", help="add a folder of samples to a profile and train")
     p.add_argument("bundle", help="the bundle (copied into the profile the first time)")
-    p.add_argument("--data", required=True, help="DIR/<class>/<file> folders (required)")
+    p.add_argument("--data", required=True, help="DIR/<class>/<file> folders; for text "
+                   "bundles also FILE.csv (header with text and label columns) or "
+                   "FILE.jsonl (one {\"text\", \"label\"} object a line) (required)")
     options.add_profile(p)
     p.add_argument("--epochs", type=options.epochs, default=defaults.EPOCHS,
                    help="at most this many epochs (training stops early once it has converged)")

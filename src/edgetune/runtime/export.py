@@ -7,12 +7,19 @@ names are metadata. The infer graph's internal names get a `head/` prefix so the
 cannot collide with the base's.
 
     model_bytes = compose_standalone(base, infer, "features", "features", params, meta)
+
+A text model takes token ids and the attention mask; its tokenizer is written beside it
+(:func:`tokenizer_path`: ``personal.onnx`` -> ``personal.tokenizer.json``), with the
+bundle's truncation and padding to ``max_length`` set, so ``tokenizers`` alone makes the
+model's input.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +35,13 @@ TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW_DATA = 1, 2, 8, 9
 ENTRY_KEY, ENTRY_VALUE = 1, 2
 FLOAT = 1
 PREFIX = "head/"
+
+
+def tokenizer_path(model_path: str | os.PathLike) -> Path:
+    """Where the export of a text model puts its tokenizer: beside it, `NAME.tokenizer.json`
+    for `NAME.onnx`."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}.tokenizer.json")
 
 
 def _varint(value: int) -> bytes:

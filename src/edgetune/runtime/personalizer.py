@@ -569,8 +569,10 @@ class Personalizer:
 
     def export(self, path: str | os.PathLike) -> Path:
         """One standalone ONNX model: raw pixels in, probabilities out, class names in its
-        metadata (`edgetune.classes`). Runs with onnxruntime alone."""
-        from edgetune.runtime.export import compose_standalone
+        metadata (`edgetune.classes`). Runs with onnxruntime alone. A text model takes
+        token ids and mask; its tokenizer (truncation and padding set) is written beside
+        it: `NAME.tokenizer.json` (runtime.export.tokenizer_path)."""
+        from edgetune.runtime.export import compose_standalone, tokenizer_path
 
         snap = self._snapshot
         if not snap.trained:
@@ -583,6 +585,9 @@ class Personalizer:
                                     "edgetune.input": json.dumps(self._input),
                                     "edgetune.bundle": self._bundle_id,
                                     "edgetune.precision": self._precision})
+        if self.preparer.kind == "text":
+            tokenizer = self.preparer.tokenizer.to_str().encode("utf-8")
+            atomic_write(tokenizer_path(path), tokenizer)
         return atomic_write(path, model)
 
     # -- evaluation --
