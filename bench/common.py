@@ -66,6 +66,18 @@ def cpu_busy() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def memory_mib() -> dict:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process, MiB, from
+    /proc/self/status. The peak is VmHWM, not ru_maxrss: that carries over exec, so a
+    child would report its parent's peak."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
 def wait_quiet(max_load: float = 0.2, timeout: float = 15.0) -> float:
     """Wait (at most `timeout` s) until the machine's processes use less than `max_load`
     of its CPUs over one second; returns the last load seen. The machine may be shared."""

@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     ROOT,
     cpu_busy,
     machine,
+    memory_mib,
     revision,
     wait_quiet,
     write_section,
@@ -57,21 +58,11 @@ LABELS = {"edgetune": "edgetune", "edgetune-b16": "edgetune, base batch 16",
 # --------------------------------------------------------------------------- child side
 
 
-def _mem() -> dict:
-    """Current and peak resident memory of this process, MiB (from /proc/self/status)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-    return out
-
-
 def _usage() -> tuple[float, float]:
     """Peak RSS (MiB) and CPU time (user + sys, s) of this process so far. The peak is
     VmHWM: ru_maxrss carries over exec, so a child would report its parent's peak."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return _mem()["VmHWM"], usage.ru_utime + usage.ru_stime
+    return memory_mib()["VmHWM"], usage.ru_utime + usage.ru_stime
 
 
 class Phases:
@@ -83,7 +74,7 @@ class Phases:
 
     def done(self, name: str) -> None:
         now = time.perf_counter()
-        self.phases[name] = {"seconds": now - self.t, **_mem()}
+        self.phases[name] = {"seconds": now - self.t, **memory_mib()}
         self.t = now
 
 

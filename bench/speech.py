@@ -44,7 +44,7 @@ import tempfile  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import BENCHMARKS, ROOT, machine, revision, wait_quiet, write_section  # noqa: E402
+from common import BENCHMARKS, ROOT, machine, memory_mib, revision, wait_quiet, write_section  # noqa: E402
 
 HEADING = "## Speech: keywords and a wake word"
 CACHE = Path(os.environ.get("EDGETUNE_BENCH_CACHE", "/tmp/edgetune-cache")) / "speech"
@@ -234,15 +234,6 @@ def negative_hour(sentences: list[str], rng):
 
 
 # -- the children -------------------------------------------------------------------------
-def _mem() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-    return out
-
-
 def child_record(args) -> None:
     """Run the Detector over a slice of an .npy stream; save each window's features."""
     import numpy as np
@@ -304,7 +295,7 @@ def child_personalize(args) -> None:
     phases = {}
 
     def mark(name):
-        phases[name] = {"t": time.perf_counter() - T0, **_mem()}
+        phases[name] = {"t": time.perf_counter() - T0, **memory_mib()}
 
     import numpy as np
 
@@ -365,7 +356,7 @@ def child_personalize(args) -> None:
                 optimizer.step()
         phases["warm_training"] = time.perf_counter() - warm
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"phases": phases, "epochs": epochs, "peak_mib": _mem()["VmHWM"],
+    print(json.dumps({"phases": phases, "epochs": epochs, "peak_mib": memory_mib()["VmHWM"],
                       "cpu": usage.ru_utime + usage.ru_stime}))
 
 
