@@ -13,7 +13,6 @@ from pathlib import Path
 
 from edgetune.defaults import EPOCHS
 from edgetune.errors import BadInputError, EdgetuneError
-from edgetune.inputs import kind_of
 from edgetune.runtime.personalizer import Personalizer
 from edgetune.server.api import DAMAGED, ApiError, clean
 from edgetune.server.hub import Hub
@@ -64,14 +63,13 @@ class Studio:
     @property
     def input(self) -> dict:
         """What the page needs to know about the inputs: ``{"kind": "image"}``, or for
-        audio ``{"kind": "audio", "sample_rate": 16000, "samples": 24000, "seconds": 1.5}``."""
-        spec = self.p.bundle.manifest.get("input", {})
-        kind = kind_of(spec)
-        info: dict = {"kind": kind}
-        if kind == "audio":
-            rate = int(spec.get("sample_rate") or 16000)
-            samples = int(spec.get("samples") or (spec.get("shape") or [0, rate])[-1])
-            info.update(sample_rate=rate, samples=samples, seconds=samples / rate)
+        audio ``{"kind": "audio", "sample_rate": 16000, "samples": 24000, "seconds": 1.5}``
+        (as the profile's preparer reads them from the manifest)."""
+        prep = self.p.preparer
+        info: dict = {"kind": prep.kind}
+        if prep.kind == "audio":
+            info.update(sample_rate=prep.sample_rate, samples=prep.samples,
+                        seconds=prep.samples / prep.sample_rate)
         return info
 
     @property
@@ -98,14 +96,15 @@ class Studio:
         if run and not points:
             run["points"] = None
         trained = self.trained
+        reason = self.readiness(counts)
         return {"type": "state",
                 "input": self.input,
                 "classes": [{"name": name, "count": n} for name, n in counts.items()],
                 "samples": sum(counts.values()),
                 "min_samples": self.min_samples,
                 "default_epochs": self.default_epochs,
-                "ready": self.readiness(counts) is None,
-                "reason": self.readiness(counts),
+                "ready": reason is None,
+                "reason": reason,
                 "training": self.p.is_training,
                 "trained": trained,
                 "stale": bool(trained and self._trained_counts is not None
