@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgetune.bundle import Bundle
+from edgetune.defaults import LR
 from edgetune.runtime.trainer import GraphTrainer
 
 __all__ = ["MIN_DELTA", "PATIENCE", "Samples", "balanced_weights", "divergence",
@@ -212,7 +213,7 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def suggested_lr(bundle: Bundle) -> float:
-    """The learning rate the bundle was made with (its manifest), else 0.01."""
+    """The learning rate the bundle was made with (its manifest), else defaults.LR."""
     optimizer = bundle.manifest.get("optimizer")
     lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
-    return float(lr) if isinstance(lr, int | float) and lr > 0 else 0.01
+    return float(lr) if isinstance(lr, int | float) and lr > 0 else LR
