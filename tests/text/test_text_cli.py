@@ -16,20 +16,13 @@ import text_data
 
 from edgetune.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+from cli_helpers import EXE, run  # noqa: E402  (the CLI tests' in-process runner)
+
 pytestmark = pytest.mark.skipif(text_data.skip_reason() is not None,
                                 reason=str(text_data.skip_reason()))
 
-EXE = Path(sys.executable).with_name("edgetune")
 MIN_ACCURACY = 0.6  # measured 0.78-0.82 (test_text_end_to_end); chance 0.2
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_csv(path: Path, pairs, extra=()) -> Path:
