@@ -34,9 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgetune.bundle import Bundle
-from edgetune.defaults import LR
-from edgetune.runtime.trainer import GraphTrainer
+from edgetune.runtime.trainer import GraphTrainer, suggested_lr
 
 __all__ = ["MIN_DELTA", "PATIENCE", "Samples", "balanced_weights", "divergence",
            "fit_epochs", "probe_loss", "suggested_lr"]
@@ -210,10 +208,3 @@ def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.bincount(y, minlength=n_classes).astype(np.float32)
     present = max(int((counts > 0).sum()), 1)
     return (len(y) / (present * counts[y])).astype(np.float32)
-
-
-def suggested_lr(bundle: Bundle) -> float:
-    """The learning rate the bundle was made with (its manifest), else defaults.LR."""
-    optimizer = bundle.manifest.get("optimizer")
-    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
-    return float(lr) if isinstance(lr, int | float) and lr > 0 else LR

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnxruntime as ort
 
+from edgetune.defaults import LR
+
 # Heads compute (W x^T)^T because onnxruntime's GEMM is several times faster with the
 # few classes as rows; this fusion turns it back into x W^T (4 of 33 us per step).
 DISABLED_OPTIMIZERS = ["GemmTransposeFusion"]
@@ -76,6 +78,13 @@ def initial_train_values(bundle) -> dict[str, np.ndarray]:
     return values
 
 
+def suggested_lr(bundle) -> float:
+    """The learning rate the bundle was made with (its manifest), else defaults.LR."""
+    optimizer = bundle.manifest.get("optimizer")
+    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
+    return float(lr) if isinstance(lr, int | float) and lr > 0 else LR
+
+
 class GraphTrainer:
     """Holds parameters and optimizer state; runs `train` / `train_epoch` graphs.
 
@@ -122,8 +131,7 @@ class GraphTrainer:
         epoch = sessions.get("train_epoch") or (
             bundle.graph("train_epoch") if bundle.has_graph("train_epoch") else None)
         if lr is None:
-            optimizer = bundle.manifest.get("optimizer")
-            lr = optimizer.get("lr", 0.01) if isinstance(optimizer, dict) else 0.01
+            lr = suggested_lr(bundle)
         return cls(train, values, None, {s["train_input"]: s["train_output"] for s in specs},
                    epoch=epoch, lr=lr, threads=threads)
 
