@@ -39,6 +39,17 @@ def trainer_for(graphs, lr: float = 0.01, threads: int = 1, params=None) -> Grap
     return GraphTrainer.for_bundle(graphs.as_bundle(params), lr=lr, threads=threads)
 
 
+def shuffled_epochs(trainer: GraphTrainer, x, y, epochs: int, batch_size: int,
+                    seed: int = 0) -> list[float]:
+    """Train `epochs` epochs, each on a fresh shuffle of (x, y); the mean loss of each."""
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(epochs):
+        order = rng.permutation(len(y))
+        losses.append(float(trainer.epoch(x[order], y[order], batch_size=batch_size).mean()))
+    return losses
+
+
 PHOTO_CLASSES = ("chelsea", "coffee", "astronaut", "rocket")
 
 

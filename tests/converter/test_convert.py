@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import bundle_trainer
+from conftest import bundle_trainer, shuffled_epochs
 
 from edgetune.autodiff import GraphBuilder
 from edgetune.bundle import Bundle
@@ -52,11 +52,7 @@ def test_each_mode_personalizes_real_photos(bundles, photos, mode):
     features = _features(bundle, images)
     assert features.shape[1:] == tuple(bundle.manifest["features"]["shape"])
     trainer = bundle_trainer(bundle, lr=1e-3)
-    rng = np.random.default_rng(0)
-    losses = []
-    for _ in range(25):
-        order = rng.permutation(len(labels))
-        losses.append(trainer.epoch(features[order], labels[order], batch_size=8).mean())
+    losses = shuffled_epochs(trainer, features, labels, epochs=25, batch_size=8)
     assert losses[-1] < 0.1 * losses[0], losses
     assert _accuracy(bundle, trainer, features, labels) == 1.0
     initial = bundle.initial_values()

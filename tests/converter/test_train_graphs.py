@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import trainer_for
+from conftest import shuffled_epochs, trainer_for
 
 from edgetune.autodiff import GraphBuilder
 from edgetune.converter.heads import MLP, LinearSVM, SoftmaxClassifier
@@ -73,11 +73,7 @@ def test_mlp_head_trains_on_real_digits(digits):
     graphs = build_training_graphs(head, SoftmaxCrossEntropy(), Adam(lr=3e-3),
                                    param_shapes=shapes)
     trainer = trainer_for(graphs, lr=3e-3)
-    rng = np.random.default_rng(0)
-    epoch_losses = []
-    for _ in range(15):
-        order = rng.permutation(len(x))
-        epoch_losses.append(trainer.epoch(x[order], y[order], batch_size=32).mean())
+    epoch_losses = shuffled_epochs(trainer, x, y, epochs=15, batch_size=32)
     assert all(b < a for a, b in zip(epoch_losses[:5], epoch_losses[1:6]))
     assert epoch_losses[-1] < 0.2 * epoch_losses[0]
     assert _accuracy(graphs, trainer, x, y) > 0.97
@@ -91,11 +87,7 @@ def test_conv_block_trains_and_updates_every_parameter(digits):
     for model in (graphs.train, graphs.train_epoch, graphs.infer):
         _check(model)
     trainer = trainer_for(graphs, lr=0.02)
-    rng = np.random.default_rng(0)
-    losses = []
-    for _ in range(8):
-        order = rng.permutation(len(x))
-        losses.append(trainer.epoch(x[order], y[order], batch_size=32).mean())
+    losses = shuffled_epochs(trainer, x, y, epochs=8, batch_size=32)
     assert losses[-1] < 0.5 * losses[0], losses
     assert _accuracy(graphs, trainer, x, y) > 0.7
     for p in graphs.params:
