@@ -207,21 +207,21 @@ class Personalizer:
             self.bundle.release(self._base_role)  # the session has its weights; export reads it
         return self._base
 
-    def _to_input(self, item) -> np.ndarray:
-        """One input -> one row of the base's input, by the bundle's input kind."""
-        return self.preparer.prepare(item)
-
     def features(self, images: Sequence) -> np.ndarray:
         """Run the base on inputs of the bundle's kind (images: arrays, PIL images, paths,
         bytes): [n, *features]."""
-        batch = [self._to_input(item) for item in images]
-        if not batch:
+        return self.base_features([self.preparer.prepare(item) for item in images])
+
+    def base_features(self, rows, batch: int = BASE_BATCH) -> np.ndarray:
+        """Run the base on rows that are already its input (preparer.prepare's output, or
+        windows a caller shaped itself: .stream), `batch` at a time: [n, *features]."""
+        if not len(rows):
             return np.zeros((0, *self.features_shape), np.float32)
         inputs, outputs = self.bundle.io(self._base_role)
         session = self._base_session()
         parts = [session.run([outputs["features"]],
-                             self.preparer.feeds(np.stack(batch[i:i + BASE_BATCH]), inputs))[0]
-                 for i in range(0, len(batch), BASE_BATCH)]
+                             self.preparer.feeds(np.stack(rows[i:i + batch]), inputs))[0]
+                 for i in range(0, len(rows), batch)]
         return np.concatenate(parts).astype(np.float32)
 
     def add_sample(self, image, label: str, source: str | None = None) -> int:

@@ -241,8 +241,9 @@ class Detector:
         loud = 20 * np.log10(np.maximum(rms, 1e-12)) >= self.silence_db
         scores: list[dict | None] = [None] * len(starts)
         if loud.any():
-            p = self.personalizer
-            results = p.predict_features(_base_features(p, rows[loud], self.batch))
+            p = self.personalizer  # windows are the base's input already: the preparer
+            # would refuse silent or clipped ones (it judges enrollment clips)
+            results = p.predict_features(p.base_features(rows[loud], self.batch))
             for i, result in zip(np.flatnonzero(loud), results):
                 scores[i] = result["scores"]
         if not loud.all():
@@ -281,17 +282,6 @@ class Detector:
         end = min(peak + self.window, max(self.samples, peak + 1))
         return {"label": best, "score": float(smoothed[best]),
                 "start": round(peak / self.rate, 4), "end": round(end / self.rate, 4)}
-
-
-def _base_features(p, rows: np.ndarray, batch: int) -> np.ndarray:
-    """The base's features of windows that are already the base's input (float32 mono at
-    its rate, exactly one clip long): the preparer is not asked, as it would refuse
-    silent or clipped windows (it judges enrollment clips) and copy every window."""
-    inputs, outputs = p.bundle.io(p._base_role)
-    session = p._base_session()
-    parts = [session.run([outputs["features"]], p.preparer.feeds(rows[i:i + batch], inputs))[0]
-             for i in range(0, len(rows), batch)]
-    return np.concatenate(parts).astype(np.float32)
 
 
 # -- PCM ---------------------------------------------------------------------------------
