@@ -296,6 +296,32 @@ def test_malformed_and_oversized_http_requests_get_error_replies(default_bundle_
         assert client.get("/static/app.js").status_code == 200
 
 
+def test_the_page_loads_its_javascript_modules_from_this_server(default_bundle_path, tmp_path):
+    """index.html loads app.js as a module; app.js and every module it imports (./x.js,
+    followed to the end) are served as JavaScript, which the CSP allows from 'self'."""
+    import re
+
+    with client_for(default_bundle_path, tmp_path / "p") as (client, _):
+        page = client.get("/")
+        assert '<script type="module" src="/static/app.js"></script>' in page.text
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp
+        seen, todo = set(), ["app.js"]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            r = client.get(f"/static/{name}")
+            assert r.status_code == 200, name
+            assert r.headers["content-type"].split(";")[0] in (
+                "text/javascript", "application/javascript"), (name, r.headers["content-type"])
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert len(r.text.splitlines()) < 600, f"{name} is over 600 lines"
+            todo += re.findall(r'from "\./([\w-]+\.js)"', r.text)
+        assert {"app.js", "ui.js", "camera.js", "microphone.js"} <= seen, seen
+
+
 def test_a_damaged_profile_is_a_server_error_that_names_the_file_and_the_fix(
         default_bundle_path, tmp_path, photos_jpeg):
     """A corrupt bundle or checkpoint is 500 corrupt_profile (not a 409 conflict);

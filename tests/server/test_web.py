@@ -15,10 +15,8 @@ Screenshots of the trained pages go to artifacts/ at the repository root.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -29,21 +27,25 @@ from PIL import Image
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
-from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.server import default_bundle  # noqa: E402
-from edgetune.server.app import create_app  # noqa: E402
-from edgetune.server.testing import BackgroundServer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py
+from web_browser import (  # noqa: E402
+    ARTIFACTS,
+    FAKE_MEDIA,
+    NO_CHROMIUM,
+    browser,
+    has_chromium,
+    hold,
+    page_of,
+    running,
+)
+
+sys.path.pop(0)
 
 expect = playwright_api.expect
 
-CHROMIUM = os.environ.get("EDGETUNE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-FAKE_CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
 
 
 # ----------------------------------------------------------------------- fixtures
@@ -58,35 +60,6 @@ def default_bundle_path(edgetune_cache):
 def pw():
     with playwright_api.sync_playwright() as p:
         yield p
-
-
-@contextlib.contextmanager
-def running(bundle, profile):
-    personalizer = Personalizer(bundle, profile=profile)
-    try:
-        with BackgroundServer(create_app(personalizer)) as server:
-            yield server, personalizer
-    finally:
-        personalizer.close()
-
-
-@contextlib.contextmanager
-def browser(pw, *args, user_data: Path):
-    """Chromium with a fresh profile directory (a persistent context is how Playwright
-    passes --user-data-dir)."""
-    context = pw.chromium.launch_persistent_context(
-        str(user_data), executable_path=CHROMIUM, headless=True, args=[*FLAGS, *args],
-        viewport={"width": 1280, "height": 900})
-    try:
-        yield context
-    finally:
-        context.close()
-
-
-def page_of(context, errors: list):
-    page = context.pages[0] if context.pages else context.new_page()
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return page
 
 
 # ----------------------------------------------------------------------- real photos
@@ -145,19 +118,6 @@ def check_screenshot(path: Path) -> None:
     assert colors > 200, f"{path} has only {colors} distinct colors"
 
 
-def hold(page, button, seconds: float, keyboard: bool = False) -> None:
-    if keyboard:
-        button.focus()
-        page.keyboard.down("Space")
-        time.sleep(seconds)
-        page.keyboard.up("Space")
-    else:
-        button.hover()
-        page.mouse.down()
-        time.sleep(seconds)
-        page.mouse.up()
-
-
 def add_class(page, name: str) -> None:
     page.get_by_label("New class").fill(name)
     page.get_by_label("New class").press("Enter")
@@ -173,9 +133,9 @@ def test_camera_record_train_and_predict_in_two_browsers(pw, default_bundle_path
              for i, name in enumerate(("chelsea", "coffee"))}
     errors: list[str] = []
     with running(default_bundle_path, tmp_path / "profile") as (server, personalizer), \
-            browser(pw, *FAKE_CAMERA, f"--use-file-for-fake-video-capture={clips['chelsea']}",
+            browser(pw, *FAKE_MEDIA, f"--use-file-for-fake-video-capture={clips['chelsea']}",
                     user_data=tmp_path / "ua") as ctx_cat, \
-            browser(pw, *FAKE_CAMERA, f"--use-file-for-fake-video-capture={clips['coffee']}",
+            browser(pw, *FAKE_MEDIA, f"--use-file-for-fake-video-capture={clips['coffee']}",
                     user_data=tmp_path / "ub") as ctx_coffee:
         cat, coffee = page_of(ctx_cat, errors), page_of(ctx_coffee, errors)
         cat.goto(server.url)

@@ -15,11 +15,10 @@ A screenshot goes to artifacts/.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -34,14 +33,22 @@ from edgetune.errors import EdgetuneError  # noqa: E402
 from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.server import default_bundle  # noqa: E402
 from edgetune.server.app import create_app  # noqa: E402
-from edgetune.server.testing import BackgroundServer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py
+from web_browser import (  # noqa: E402
+    ARTIFACTS,
+    FAKE_MEDIA,
+    NO_CHROMIUM,
+    browser,
+    has_chromium,
+    hold,
+    page_of,
+    running,
+)
+
+sys.path.pop(0)
 
 RATE = 16000
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM = os.environ.get("EDGETUNE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-FAKE_MIC = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 VOICES = ("en+m3", "en+f2", "en-us+klatt")
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -220,36 +227,13 @@ def test_serve_audio_option_picks_the_speech_bundle_and_profile(monkeypatch, tmp
 # ----------------------------------------------------------------------- browser
 
 
-@contextlib.contextmanager
-def running(bundle, profile):
-    personalizer = Personalizer(bundle, profile=profile)
-    try:
-        with BackgroundServer(create_app(personalizer)) as server:
-            yield server, personalizer
-    finally:
-        personalizer.close()
+def microphone(pw, wav: Path, user_data: Path):
+    """Chromium whose microphone plays `wav`."""
+    return browser(pw, *FAKE_MEDIA, f"--use-file-for-fake-audio-capture={wav}",
+                   user_data=user_data)
 
 
-@contextlib.contextmanager
-def browser(pw, wav: Path, user_data: Path):
-    context = pw.chromium.launch_persistent_context(
-        str(user_data), executable_path=CHROMIUM, headless=True,
-        args=[*FLAGS, *FAKE_MIC, f"--use-file-for-fake-audio-capture={wav}"],
-        viewport={"width": 1280, "height": 900})
-    try:
-        yield context
-    finally:
-        context.close()
-
-
-def hold(page, button, seconds: float) -> None:
-    button.hover()
-    page.mouse.down()
-    time.sleep(seconds)
-    page.mouse.up()
-
-
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
+@pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
 def test_record_words_and_background_train_and_listen_in_chromium(speech_bundle, tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api")
     expect = playwright_api.expect
@@ -260,12 +244,9 @@ def test_record_words_and_background_train_and_listen_in_chromium(speech_bundle,
     errors: list[str] = []
     with playwright_api.sync_playwright() as pw, \
             running(speech_bundle, tmp_path / "profile") as (server, personalizer), \
-            browser(pw, words, tmp_path / "ua") as ctx_words, \
-            browser(pw, noise, tmp_path / "ub") as ctx_noise:
-        page = ctx_words.pages[0] if ctx_words.pages else ctx_words.new_page()
-        quiet = ctx_noise.pages[0] if ctx_noise.pages else ctx_noise.new_page()
-        for p in (page, quiet):
-            p.on("pageerror", lambda e: errors.append(str(e)))
+            microphone(pw, words, tmp_path / "ua") as ctx_words, \
+            microphone(pw, noise, tmp_path / "ub") as ctx_noise:
+        page, quiet = page_of(ctx_words, errors), page_of(ctx_noise, errors)
         page.goto(server.url)
         expect(page.locator("#app-title")).to_have_text("Teachable microphone")
         expect(page.locator("#mic-state")).to_contain_text("Microphone on")
