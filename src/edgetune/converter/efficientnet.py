@@ -12,7 +12,6 @@ device runtime.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -21,18 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from edgetune.autodiff.builder import IR_VERSION, OPSET
+from edgetune.autodiff.builder import OPSET
+from edgetune.converter.built import cached, finish
 from edgetune.converter.cleanup import (
     fold_constants,
     merge_pads_into_convs,
     remove_unused_initializers,
     rename_tensors,
 )
-from edgetune.converter.cut import META_BLOCK_BOUNDARIES
-from edgetune.files import atomic_write
-from edgetune.paths import cache_dir as cache_dir_of
 
 __all__ = [
     "IMAGE_SIZE",
@@ -42,8 +39,6 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 224
-META_PREPROCESSING = "edgetune.preprocessing"
-META_SOURCE = "edgetune.source"
 
 # Bump when the graph produced by build_efficientnet_lite0 changes: it is part of the
 # cache file name, so stale caches are never picked up.
@@ -67,10 +62,8 @@ def efficientnet_lite0(
     in :func:`edgetune.paths.cache_dir` (or ``cache_dir``) and is rebuilt when missing.
     """
     name = f"efficientnet-lite0{'-logits' if with_logits else ''}.{_BUILD_TAG}.onnx"
-    path = cache_dir_of(cache_dir) / name
-    if not path.is_file():
-        build_efficientnet_lite0(path, with_logits=with_logits)
-    return path
+    return cached(cache_dir, name, lambda path: build_efficientnet_lite0(
+        path, with_logits=with_logits))
 
 
 def _weights_file() -> Path:
@@ -165,29 +158,14 @@ def build_efficientnet_lite0(path: str | os.PathLike, *, with_logits: bool = Fal
     del model.graph.initializer[:]
     model.graph.initializer.extend(inits)
 
-    del model.opset_import[:]
-    model.opset_import.append(helper.make_opsetid("", OPSET))
-    model.ir_version = IR_VERSION
-    model.producer_name = "edgetune"
-    model.producer_version = _BUILD_TAG
     model.graph.name = "efficientnet_lite0_" + out_name
     model.graph.doc_string = (
         "EfficientNet-Lite0 (ImageNet) built by edgetune. Input: uint8 NHWC RGB image. "
         f"Preprocessing inside: {_PREPROCESSING}."
     )
-    del model.graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    meta = {
-        META_BLOCK_BOUNDARIES: json.dumps(boundaries),
-        META_PREPROCESSING: _PREPROCESSING,
-        META_SOURCE: "EfficientNet-Lite0 ImageNet weights; " + _package_versions(),
-    }
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.checker.check_model(model, full_check=True)
-    atomic_write(path, model.SerializeToString())
-    return path
+    return finish(model, path, build_tag=_BUILD_TAG, boundaries=boundaries,
+                  preprocessing=_PREPROCESSING,
+                  source="EfficientNet-Lite0 ImageNet weights; " + _package_versions())
 
 
 def _lite_export_module():

