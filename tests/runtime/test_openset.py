@@ -10,7 +10,6 @@ import pytest
 from conftest import PHOTO_CLASSES, photo_crops, tiny_base
 from PIL import Image
 
-import edgetune.runtime.personalizer as personalizer_module
 from edgetune.converter.convert import convert
 from edgetune.runtime import openset
 from edgetune.runtime.personalizer import Personalizer
@@ -149,7 +148,7 @@ def test_thresholds_are_saved_and_a_read_only_reopen_uses_them(tiny_bundle, crop
     def no_recompute(*args, **kwargs):
         raise AssertionError("the checkpoint's calibration should have been used")
 
-    monkeypatch.setattr(personalizer_module, "calibrate", no_recompute)
+    monkeypatch.setattr(openset, "calibrate", no_recompute)
     reader = Personalizer(profile=tmp_path / "me", read_only=True)
     assert reader.open_set  # recorded in the store
     assert reader.open_set_thresholds() == thresholds

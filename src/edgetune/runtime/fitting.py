@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgetune.runtime.objective import row_losses
 from edgetune.runtime.trainer import GraphTrainer, suggested_lr
 
 __all__ = ["MIN_DELTA", "PATIENCE", "Samples", "balanced_weights", "divergence",
@@ -182,6 +183,34 @@ def probe_loss(scores: Callable[[np.ndarray], np.ndarray], X, y, weights,
             values = rows(out.astype(np.float64), y)
         w = np.ones(len(y)) if weights is None else weights
         return float((values * w).sum() / max(float(w.sum()), 1e-12))
+
+
+class BundleProbe:
+    """The fit's objective under some parameters (`probe` of fit_epochs), forward only
+    through the bundle's infer graph: the bundle's loss on the logits plus the graphs'
+    L2 term, or the cross-entropy of the probabilities for a loss this runtime does not
+    know (.objective). The manifest is read once: a probe runs every epoch."""
+
+    def __init__(self, bundle, session, io, trainable: Sequence[str]):
+        names, outputs = io
+        self.rows = row_losses(bundle.manifest.get("loss")) if "logits" in outputs else None
+        self.output = outputs["logits" if self.rows else "probabilities"]
+        self.features, self.session, self.trainable = names["features"], session, trainable
+        self.params = [(p["infer_input"], p["train_input"]) for p in bundle.params]
+        l2 = bundle.manifest.get("l2") or 0.0
+        self.l2 = float(l2) if self.rows and isinstance(l2, int | float) and l2 > 0 else 0.0
+
+    def __call__(self, values: dict, X, y, weights) -> float:
+        feeds = {infer: values[train] for infer, train in self.params}
+
+        def scores(chunk):
+            return self.session.run([self.output], {self.features: chunk, **feeds})[0]
+
+        value = probe_loss(scores, X, y, weights, self.rows)
+        if self.l2:  # the graphs' L2 term
+            value += 0.5 * self.l2 * sum(float(np.sum(np.square(values[n], dtype=np.float64)))
+                                         for n in self.trainable)
+        return value
 
 
 def divergence(fit: float, reference: float, values: dict, scale: dict,

@@ -42,13 +42,14 @@ pooled calibration. In a profile that has it, an open-set rejection is answered
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BACKGROUND", "MARGIN", "MIN_OWN", "QUANTILE", "UNKNOWN", "Calibration",
-           "calibrate", "distances", "judge", "loo_distances"]
+__all__ = ["BACKGROUND", "MARGIN", "META", "MIN_OWN", "QUANTILE", "UNKNOWN", "Calibration",
+           "OpenSet", "calibrate", "distances", "judge", "judge_all", "loo_distances"]
 
 UNKNOWN = "unknown"  # the label of an input far from the class it would get
 BACKGROUND = "none"  # the background class's name: never rejected, absorbs rejections
@@ -56,6 +57,7 @@ QUANTILE = 0.95
 MARGIN = 2.0  # 1.5 accepted 92-97% of held-out crops, 2.0 97-100% (BENCHMARKS.md)
 MIN_OWN = 5  # samples a class needs before its own threshold may be below the pooled one
 _EPS = 1e-12
+META = "open_set"  # the store's record of the open-set default; also a checkpoint key
 
 
 def _normalize(a: np.ndarray) -> np.ndarray:
@@ -166,3 +168,42 @@ def judge(answer: dict, distance: float | None, calibration: Calibration,
     if far:
         out["label"] = BACKGROUND if background else UNKNOWN
     return out
+
+
+def judge_all(feats: np.ndarray, answers: list[dict], classes: list[str], means: np.ndarray,
+              calibration: Calibration) -> list[dict]:
+    """:func:`judge` each answer, with the features ``feats`` of its input and the
+    prototypes ``means`` of ``classes``."""
+    index = {c: i for i, c in enumerate(classes)}
+    d = distances(feats, means) if classes else np.zeros((len(feats), 0))
+    background = BACKGROUND in index
+    return [judge(a, float(d[k, index[a["label"]]]) if a["label"] in index else None,
+                  calibration, background) for k, a in enumerate(answers)]
+
+
+class OpenSet:
+    """A profile's open-set state, held by its Personalizer: whether predict answers
+    "unknown" unless told otherwise (``on``, recorded in the store's meta under
+    ``META``) and the calibration of the current samples (``stored``: a checkpoint's,
+    kept while the samples are the same)."""
+
+    def __init__(self, store, read_only: bool, stored: str | None = None):
+        self.store, self.read_only = store, read_only
+        self.on = store.get_meta(META) == "1"
+        self.calibration = Calibration.from_json(stored)
+
+    def set(self, on: bool) -> None:
+        """Make open-set answers the default or not; recorded unless read-only."""
+        self.on, value = bool(on), "1" if on else "0"
+        if not self.read_only and self.store.get_meta(META) != value:
+            self.store.set_meta(META, value)
+
+    def refresh(self, X: np.ndarray, y: np.ndarray, classes: list[str]) -> Calibration:
+        """Recalibrate from the store's samples ``X``, ``y`` after they changed, unless
+        the calibration is of these very samples (their counts and ids)."""
+        ids = [s.id for s in self.store.samples()]
+        signature = hashlib.sha256(
+            json.dumps([self.store.counts(), ids], sort_keys=True).encode()).hexdigest()
+        if self.calibration is None or self.calibration.signature != signature:
+            self.calibration = calibrate(X, y, classes, signature)
+        return self.calibration

@@ -39,14 +39,14 @@ from edgetune.runtime.columns import ClassColumns
 from edgetune.runtime.fitting import (
     MIN_DELTA,
     PATIENCE,
+    BundleProbe,
     Samples,
     fit_epochs,
-    probe_loss,
     suggested_lr,
 )
 from edgetune.runtime.lock import ProfileLock
-from edgetune.runtime.objective import row_losses
-from edgetune.runtime.openset import BACKGROUND, Calibration, calibrate, distances, judge
+from edgetune.runtime.openset import META as OPEN_SET_META
+from edgetune.runtime.openset import OpenSet, judge_all
 from edgetune.runtime.profile import (
     BASE_ROLES,
     check_precision,
@@ -62,7 +62,6 @@ from edgetune.runtime.trainer import GraphTrainer, bundle_session
 # 190 MiB for EfficientNet-Lite0) and are no faster (bench/personalize.py).
 BASE_BATCH = 4
 HISTORY_LIMIT = 1000  # epoch records kept in Personalizer.history
-OPEN_SET_META = "open_set"  # the store's record of the open-set default; also a checkpoint key
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,6 @@ class Personalizer:
             self._writer = ProfileLock(self.profile).acquire(wait)
         try:
             self._open(bundle, threads, seed, precision)
-            self._open_set = self.store.get_meta(OPEN_SET_META) == "1"
             if open_set is not None:
                 self.set_open_set(open_set)
         except BaseException:
@@ -151,12 +149,14 @@ class Personalizer:
         self._infer = self._session("infer", [p["infer_input"] for p in self.bundle.params])
         self._cols = ClassColumns(self.bundle)
         self._trainable_names = [p["train_input"] for p in self.bundle.params]
-        self._values, self._columns, self._trained, self.step = self._initial_state()
+        self._probe = BundleProbe(self.bundle, self._infer, self._infer_io, self._trainable_names)
+        self._values, self._columns, self._trained, self.step, calibration = \
+            self._initial_state()
         self._fitting: Samples | None = None  # what a running fit trains on
         self._prototypes = PrototypeClassifier()
         self._prototypes_stale = True
         self._prototype_classes: list[str] = []
-        self._calibration: Calibration | None = self._stored_calibration
+        self._openset = OpenSet(self.store, self.read_only, calibration)  # .openset
         self._publish()
         self._stop = threading.Event()
         self.history: list[dict] = []
@@ -180,18 +180,16 @@ class Personalizer:
     def _initial_state(self):
         classes = self.store.class_names()
         ckpt = self.checkpoints.latest()
-        self._stored_calibration = None
         if ckpt is None:
-            return self._cols.fresh(len(classes)), list(classes), False, 0
+            return self._cols.fresh(len(classes)), list(classes), False, 0, None
         meta = ckpt.meta
-        self._stored_calibration = Calibration.from_json(meta.get(OPEN_SET_META))
         if meta.get("bundle") != self._bundle_id:
             raise IncompatibleCheckpointError(
                 f"checkpoint {ckpt.path} was written for another bundle; move it away or use "
                 f"a new profile")
         values, columns = self._cols.restore(ckpt, classes)
         step = int(ckpt.tensors.get("__step__", np.zeros(1, np.int64))[0])
-        return values, columns, meta.get("trained") == "1", step
+        return values, columns, meta.get("trained") == "1", step, meta.get(OPEN_SET_META)
 
     def _publish(self) -> None:
         params = {p["infer_input"]: self._values[p["train_input"]] for p in self.bundle.params}
@@ -352,46 +350,31 @@ class Personalizer:
             best = int(np.argmax(row))
             results.append({"label": snap.classes[best], "source": source,
                             "scores": {c: float(s) for c, s in zip(snap.classes, row)}})
-        if self._open_set if open_set is None else open_set:
-            results = self._judge(feats, results)
+        if self._openset.on if open_set is None else open_set:
+            with self._lock:
+                self._refresh_prototypes()
+                state = (self._prototype_classes, self._prototypes.class_means(),
+                         self._openset.calibration)
+            results = judge_all(feats, results, *state)
         return results
 
     # -- open set (.openset) --
     @property
     def open_set(self) -> bool:
         """Whether predict answers "unknown" unless told otherwise (set_open_set)."""
-        return self._open_set
+        return self._openset.on
 
     def set_open_set(self, on: bool) -> None:
         """Make open-set answers the profile's default (recorded in its store) or not.
         A read-only profile changes only for this session."""
-        self._open_set = bool(on)
-        if not self.read_only and self.store.get_meta(OPEN_SET_META) != ("1" if on else "0"):
-            self.store.set_meta(OPEN_SET_META, "1" if on else "0")
+        self._openset.set(on)
 
     def open_set_thresholds(self) -> dict[str, float | None]:
         """The calibrated threshold of each class (None: background, no samples, or
         nothing calibrated yet), as stored in the next checkpoint."""
-        return dict(self._open_set_state()[2].thresholds)
-
-    def _open_set_state(self) -> tuple[list[str], np.ndarray, Calibration]:
-        """(class names, their prototypes, calibration), refreshed after sample changes;
-        a checkpoint's calibration is used when it was made from the same samples."""
         with self._lock:
             self._refresh_prototypes()
-            return self._prototype_classes, self._prototypes.class_means(), self._calibration
-
-    def _samples_signature(self) -> str:
-        ids = [s.id for s in self.store.samples()]
-        return sha256(json.dumps([self.store.counts(), ids], sort_keys=True).encode())
-
-    def _judge(self, feats: np.ndarray, results: list[dict]) -> list[dict]:
-        names, means, calibration = self._open_set_state()
-        index = {c: i for i, c in enumerate(names)}
-        d = distances(feats, means) if names else np.zeros((len(feats), 0))
-        background = BACKGROUND in index
-        return [judge(r, float(d[k, index[r["label"]]]) if r["label"] in index else None,
-                      calibration, background) for k, r in enumerate(results)]
+            return dict(self._openset.calibration.thresholds)
 
     def _prototype_scores(self, feats: np.ndarray, n_classes: int) -> np.ndarray:
         with self._lock:
@@ -411,10 +394,7 @@ class Personalizer:
         flat = X.reshape(len(X), int(np.prod(self.features_shape)))
         self._prototypes = PrototypeClassifier().fit(flat, y, max(len(names), 1))
         self._prototype_classes = names
-        signature = self._samples_signature()
-        stored = self._calibration
-        if stored is None or stored.signature != signature:
-            self._calibration = calibrate(flat, y, names, signature)
+        self._openset.refresh(flat, y, names)
         self._prototypes_stale = False
 
     # -- training --
@@ -500,23 +480,6 @@ class Personalizer:
                 self._trained = True
                 self._publish()
 
-    def _probe(self, values: dict, X, y, weights) -> float:
-        """The fit's objective under `values` (see .fitting, .objective)."""
-        feeds = {p["infer_input"]: values[p["train_input"]] for p in self.bundle.params}
-        names, outputs = self._infer_io
-        rows = row_losses(self.bundle.manifest.get("loss")) if "logits" in outputs else None
-        output = outputs["logits"] if rows else outputs["probabilities"]
-
-        def scores(chunk):
-            return self._infer.run([output], {names["features"]: chunk, **feeds})[0]
-
-        value = probe_loss(scores, X, y, weights, rows)
-        l2 = self.bundle.manifest.get("l2") or 0.0
-        if rows and isinstance(l2, int | float) and l2 > 0:  # the graphs' L2 term
-            value += 0.5 * l2 * sum(float(np.sum(np.square(values[n], dtype=np.float64)))
-                                    for n in self._trainable_names)
-        return value
-
     def start_training(self, epochs: int = EPOCHS,
                        callback: Callable[[dict], None] | None = None, **kwargs) -> None:
         """Train in a background thread; predictions keep working meanwhile."""
@@ -564,7 +527,7 @@ class Personalizer:
             self._refresh_prototypes()
             meta = {"bundle": self._bundle_id, "classes": json.dumps(self._columns),
                     "trained": "1" if self._trained else "0",
-                    OPEN_SET_META: self._calibration.to_json()}
+                    OPEN_SET_META: self._openset.calibration.to_json()}
         return self.checkpoints.save(tensors, meta)
 
     def export(self, path: str | os.PathLike) -> Path:
