@@ -183,12 +183,16 @@ def _check_runs(model: onnx.ModelProto, source: str) -> None:
                          f"with a dynamic batch dimension") from None
 
 
-def _tensor_dims(model: onnx.ModelProto, name: str) -> list:
+def _inferred_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """The type of every tensor of `model`, from one shape inference."""
     inferred = onnx.shape_inference.infer_shapes(model).graph
-    for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
-        if vi.name == name:
-            return value_dims(vi) or []
-    raise ValueError(f"cannot infer the shape of {name!r}")
+    return {vi.name: vi for vi in [*inferred.input, *inferred.value_info, *inferred.output]}
+
+
+def _tensor_dims(types: dict[str, onnx.ValueInfoProto], name: str) -> list:
+    if name not in types:
+        raise ValueError(f"cannot infer the shape of {name!r}")
+    return value_dims(types[name]) or []
 
 
 def _trainable_tensors(graph: onnx.GraphProto, kinds: set[str]) -> list[str]:
@@ -298,19 +302,23 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             base, cut, cache_dir, preprocess=preprocess, input_size=input_size)
     image_name, features_name = _io_names(base_model)
 
+    types = _inferred_types(base_model)  # once, before the cut
     tail, cut_name = None, features_name
     if mode.mode != "head":
         boundaries = block_boundaries(base_model)
         if mode.blocks > len(boundaries):
             raise ValueError(f"trainable {mode}: the base has only {len(boundaries)} blocks")
         cut_name = boundaries[-mode.blocks]
+        if cut_name in types and cut_name not in {v.name for v in base_model.graph.value_info}:
+            # typed here, both cuts below need no shape inference of their own
+            base_model.graph.value_info.append(types[cut_name])
         tail = extract(base_model, [features_name], [cut_name])
         base_model = extract(base_model, [cut_name])
-    cut_shape = _tensor_dims(base_model, cut_name)[1:]
+    cut_shape = _tensor_dims(types, cut_name)[1:]
     if not all(isinstance(d, int) for d in cut_shape):
         raise ValueError(f"the cached tensor {cut_name!r} needs a static shape per sample, "
                          f"got {cut_shape}")
-    features_shape = _tensor_dims(tail, features_name)[1:] if tail else cut_shape
+    features_shape = _tensor_dims(types, features_name)[1:] if tail else cut_shape
     head_model, param_shapes, head_params = _head_model(head, features_shape)
     composite = _compose(tail, cut_name, cut_shape, head_model)
     trained = list(head_params)
