@@ -256,6 +256,17 @@ def preparer_for(input_spec: Mapping, **options) -> Preparer:
     return preparer
 
 
+def optional_import(module: str, needed_for: str, install: str):
+    """Import an optional dependency on first use, or BadInputError saying what needs it
+    and how to install it (OSError too: a package whose native library is missing, as
+    soundfile without libsndfile)."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError) as e:
+        raise BadInputError(f"{needed_for} needs the {module} package ({e}); install it "
+                            f"with: {install}") from None
+
+
 def unknown_kind_message(kind: str) -> str:
     return (f"manifest.json: input.kind {kind!r} is not an input kind this edgetune knows "
             f"(it knows {', '.join(known_kinds())}); upgrade edgetune to use this bundle")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.errors import BadInputError
-from edgetune.inputs import Preparer, describe_input
+from edgetune.inputs import Preparer, describe_input, optional_import
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioPreparer", "fit_clip", "load_audio"]
 
@@ -46,24 +46,6 @@ DEFAULT_MAX_CLIPPED = 0.005
 DEFAULT_MAX_SECONDS = 600.0
 _FULL_SCALE = 0.999
 _INSTALL = "pip install 'edgetune[audio]'"
-
-
-def _soundfile():
-    try:
-        import soundfile
-    except (ImportError, OSError) as e:  # OSError: the libsndfile library is missing
-        raise BadInputError(f"reading audio files needs the soundfile package ({e}); "
-                            f"install it with: {_INSTALL}") from None
-    return soundfile
-
-
-def _soxr():
-    try:
-        import soxr
-    except ImportError as e:
-        raise BadInputError(f"resampling audio needs the soxr package ({e}); install it "
-                            f"with: {_INSTALL}") from None
-    return soxr
 
 
 def load_audio(item, *, sample_rate: int = DEFAULT_SAMPLE_RATE,
@@ -113,7 +95,7 @@ def load_audio(item, *, sample_rate: int = DEFAULT_SAMPLE_RATE,
 
 
 def _read_file(source, name: str, max_seconds: float) -> tuple[np.ndarray, int]:
-    sf = _soundfile()
+    sf = optional_import("soundfile", "reading audio files", _INSTALL)
     try:
         with sf.SoundFile(source) as f:
             rate = int(f.samplerate)
@@ -210,7 +192,8 @@ class AudioPreparer(Preparer):
                 f"record it again with a lower input gain (or further from the microphone)")
         mono = data.mean(axis=1, dtype=np.float32)
         if rate != self.sample_rate:
-            mono = _soxr().resample(mono, rate, self.sample_rate, quality="HQ")
+            soxr = optional_import("soxr", "resampling audio", _INSTALL)
+            mono = soxr.resample(mono, rate, self.sample_rate, quality="HQ")
             mono = np.asarray(mono, np.float32)
         if self.samples is None:
             raise BadInputError(

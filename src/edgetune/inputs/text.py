@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.errors import BadInputError, BundleError
-from edgetune.inputs import Preparer, describe_input
+from edgetune.inputs import Preparer, describe_input, optional_import
 
 __all__ = ["TEXT_EXTENSIONS", "TextPreparer", "TruncatedTextWarning", "normalize_text"]
 
@@ -48,15 +48,6 @@ _SPACE = re.compile(r"\s+")
 
 class TruncatedTextWarning(UserWarning):
     """A text had more tokens than the bundle's ``max_length``; the end was cut."""
-
-
-def _tokenizers():
-    try:
-        import tokenizers
-    except ImportError as e:
-        raise BadInputError(f"tokenizing text needs the tokenizers package ({e}); install "
-                            f"it with: {_INSTALL}") from None
-    return tokenizers
 
 
 def normalize_text(text: str) -> str:
@@ -109,7 +100,7 @@ class TextPreparer(Preparer):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            lib = _tokenizers()
+            lib = optional_import("tokenizers", "tokenizing text", _INSTALL)
             try:
                 tok = lib.Tokenizer.from_str(self._tokenizer_bytes().decode("utf-8"))
             except (ValueError, UnicodeDecodeError, Exception) as e:  # noqa: BLE001
