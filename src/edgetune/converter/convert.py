@@ -26,7 +26,7 @@ import onnx
 from edgetune import __version__, defaults
 from edgetune.autodiff import GraphBuilder
 from edgetune.autodiff.builder import OPSET, value_dims
-from edgetune.bundle import Bundle
+from edgetune.bundle import TEXT_BASE_ROLES, Bundle
 from edgetune.converter import quantize as int8
 from edgetune.converter.cut import block_boundaries, extract, onnx_file_base
 from edgetune.converter.efficientnet import efficientnet_lite0
@@ -333,16 +333,20 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
         onnx.checker.check_model(model, full_check=True)
     files = {"base.onnx": _serialize(_base_with_features_output(base_model, cut_name)),
              **graphs.files()}
-    manifest = _manifest(base_model, base_name, image_name, cut_shape, graphs, mode, head,
+    if text_base is not None:
+        input_section = text_input_section(max_length)
+        base_inputs = {role: input_section[role] for role in TEXT_BASE_ROLES}
+    elif plan.preset == "audio":
+        input_section = audio_input_section(image_name, plan.dims[1], plan.sample_rate)
+        base_inputs = {"image": image_name}
+    else:
+        input_section = _input_section(base_model, image_name)
+        base_inputs = {"image": image_name}
+    manifest = _manifest(input_section, base_inputs, base_name, cut_shape, graphs, mode, head,
                          classes, _output_layer(head, head_model, [p.name for p in graphs.params]))
     if text_base is not None:
-        manifest["input"] = text_input_section(max_length)
-        manifest["graphs"]["base"]["inputs"] = {"input_ids": "input_ids",
-                                                "attention_mask": "attention_mask"}
         files["tokenizer.json"] = tokenizer_json(max_length)
         manifest["files"] = {"tokenizer": {"file": "tokenizer.json", "sha256": "0" * 64}}
-    elif plan.preset == "audio":
-        manifest["input"] = audio_input_section(image_name, plan.dims[1], plan.sample_rate)
     if plan is not None and (plan.changes_model or plan.detected or preprocess is not None):
         if plan.section() is not None:
             manifest["input"]["preprocessing"] = plan.section()
@@ -409,8 +413,8 @@ def _output_layer(head: Head | Path, head_model: onnx.ModelProto,
     return found if found and all(name in params for name in found) else None
 
 
-def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGraphs,
-              mode: Trainable, head, classes, output_layer) -> dict:
+def _manifest(input_section: dict, base_inputs: dict, base_name, cut_shape,
+              graphs: TrainingGraphs, mode: Trainable, head, classes, output_layer) -> dict:
     sections = graphs.manifest_sections()
     initial_classes = next((v.shape[d] for p in graphs.params for d, dim in enumerate(p.shape)
                             if dim == "classes" for v in [graphs.initial[p.name]]), classes)
@@ -422,10 +426,10 @@ def _manifest(base_model, base_name, image_name, cut_shape, graphs: TrainingGrap
         "version": 1,
         "opset": OPSET,
         "created_by": f"edgetune {__version__}",
-        "input": _input_section(base_model, image_name),
+        "input": input_section,
         "features": {"shape": cut_shape, "dtype": "float32"},
         "graphs": {
-            "base": {"file": "base.onnx", "sha256": "0" * 64, "inputs": {"image": image_name},
+            "base": {"file": "base.onnx", "sha256": "0" * 64, "inputs": base_inputs,
                      "outputs": {"features": "features"}},
             **sections.pop("graphs"),
         },
