@@ -5,8 +5,6 @@ CLI (train -> predict -> export: the standalone model takes PCM)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import speech_synth as synth
@@ -49,46 +47,28 @@ def test_personalize_keywords_through_the_api(tmp_path, voices, bar):
 
 
 def test_cli_train_predict_export(tmp_path, capsys):
-    import onnxruntime as ort
+    from cli_flow import probabilities, train_predict_export
 
     from edgetune.bundle import Bundle
-    from edgetune.cli import main
     from edgetune.inputs import preparer_for
 
-    def run(*argv):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        return out
-
     data = synth.class_folder(tmp_path / "data", synth.enroll_clips())
-    profile = tmp_path / "profile"
-    run("train", synth.speech_bundle(), "--data", data, "--profile", profile, "--json")
     heldout = synth.heldout_clips()
     keys = sorted(heldout)
-    predicted = json.loads(run("predict", "--profile", profile,
-                               *[heldout[k] for k in keys], "--json"))
-    assert [r["path"] for r in predicted] == [str(heldout[k]) for k in keys]
+    predicted, session = train_predict_export(tmp_path, capsys, synth.speech_bundle(), data,
+                                              [heldout[k] for k in keys])
     accuracy = np.mean([r["label"] == k[0] for r, k in zip(predicted, keys)])
     assert accuracy >= MIN_ACCURACY_ALL
 
-    model = tmp_path / "personal.onnx"
-    run("export", "--profile", profile, "-o", model)
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     [audio] = session.get_inputs()
     assert audio.type == "tensor(float)" and audio.shape[1] == 24000
     spec = Bundle.load(synth.speech_bundle()).manifest["input"]
     assert audio.name == spec["name"]
     rows = preparer_for(spec).batch([heldout[k] for k in keys])
-    outputs = dict(zip([o.name for o in session.get_outputs()],
-                       session.run(None, {audio.name: rows})))
-    probabilities = outputs.get("probabilities", next(iter(outputs.values())))
+    probs = probabilities(session, {audio.name: rows})
     labels = [max(r["scores"], key=r["scores"].get) for r in predicted]
     classes = sorted(synth.WORDS)
-    exported = [classes[i] for i in probabilities.argmax(axis=1)]
+    exported = [classes[i] for i in probs.argmax(axis=1)]
     assert exported == labels
-    for row, result in zip(probabilities, predicted):
+    for row, result in zip(probs, predicted):
         np.testing.assert_allclose(row, [result["scores"][c] for c in classes], atol=1e-4)

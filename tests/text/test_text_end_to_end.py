@@ -4,8 +4,6 @@ and the CLI (DIR/<topic>/*.txt, then export)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import text_data
@@ -39,20 +37,10 @@ def test_personalize_topics_through_the_api(tmp_path):
 
 
 def test_cli_train_predict(tmp_path, capsys):
-    import onnxruntime as ort
+    from cli_flow import probabilities, train_predict_export
 
     from edgetune.bundle import Bundle
-    from edgetune.cli import main
     from edgetune.inputs import preparer_for
-
-    def run(*argv):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        return out
 
     train, heldout = text_data.split(seed=1)
     data = tmp_path / "data"
@@ -66,25 +54,18 @@ def test_cli_train_predict(tmp_path, capsys):
         file.write_text(text, encoding="utf-8")
         files.append(file)
         labels.append(topic)
-    profile = tmp_path / "profile"
-    run("train", text_data.text_bundle(), "--data", data, "--profile", profile, "--json")
-    predicted = json.loads(run("predict", "--profile", profile, *files, "--json"))
-    assert [r["path"] for r in predicted] == [str(f) for f in files]
+    predicted, session = train_predict_export(tmp_path, capsys, text_data.text_bundle(),
+                                              data, files)
     accuracy = np.mean([r["label"] == y for r, y in zip(predicted, labels)])
     print(f"CLI held-out accuracy: {accuracy:.3f} of {len(files)}")
     assert accuracy >= MIN_ACCURACY
 
     # the exported model takes the base's two inputs (the tokenizer stays in the bundle)
-    model = tmp_path / "personal.onnx"
-    run("export", "--profile", profile, "-o", model)
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     bundle = Bundle.load(text_data.text_bundle())
     preparer = preparer_for(bundle.manifest["input"], files=bundle)
     rows = preparer.batch(files[:10])
     feeds = preparer.feeds(rows, bundle.manifest["graphs"]["base"]["inputs"])
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    probabilities = outputs.get("probabilities", next(iter(outputs.values())))
     classes = sorted(text_data.TOPICS)
-    for row, result in zip(probabilities, predicted[:10]):
+    for row, result in zip(probabilities(session, feeds), predicted[:10]):
         np.testing.assert_allclose(row, [result["scores"][c] for c in classes], atol=1e-4)
