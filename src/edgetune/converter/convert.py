@@ -117,17 +117,6 @@ def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
     return OPTIMIZERS[name](**kwargs)
 
 
-def load_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = None,
-              cache_dir: str | os.PathLike | None = None, *, preprocess=None,
-              input_size: tuple[int, int] | int | None = None
-              ) -> tuple[onnx.ModelProto, str]:
-    """The base as a ModelProto taking the bundle's input, cut at `cut`, and its name
-    for the manifest (see :func:`prepare_base`)."""
-    model, name, _, _ = prepare_base(base, cut, cache_dir, preprocess=preprocess,
-                                     input_size=input_size)
-    return model, name
-
-
 def prepare_base(base: str | os.PathLike | onnx.ModelProto, cut: str | None = None,
                  cache_dir: str | os.PathLike | None = None, *, preprocess=None,
                  input_size: tuple[int, int] | int | None = None
@@ -455,5 +444,5 @@ def _quantized_base(base_bytes: bytes, calibration_dir) -> tuple[bytes, dict]:
                   if isinstance(v, int | float | str) and not k.endswith("_path")}
 
 
-__all__ = ["Trainable", "convert", "load_base", "prepare_base", "resolve_head",
+__all__ = ["Trainable", "convert", "prepare_base", "resolve_head",
            "resolve_optimizer"]
