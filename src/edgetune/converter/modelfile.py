@@ -112,7 +112,7 @@ def repair_model(model: onnx.ModelProto, name: str = "the model") -> list[str]:
             warnings.warn(f"{name}: opset {opset} kept, not converted to {OPSET} "
                           f"({_first_line(e)})", stacklevel=3)
         else:
-            converted.ir_version = max(IR_VERSION, min(converted.ir_version, IR_VERSION))
+            converted.ir_version = IR_VERSION  # what edgetune writes, whatever the converter chose
             model.CopyFrom(converted)
             repairs.append(f"converted from opset {opset} to {OPSET}")
     return repairs
