@@ -48,7 +48,6 @@ TEXT_BASE_ROLES = ("input_ids", "attention_mask")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
