@@ -52,10 +52,19 @@ JS_STAMP := tests/js/node_modules/.package-lock.json
 $(JS_STAMP): tests/js/package-lock.json | $(SYSTEM_STAMP)
 	npm ci --ignore-scripts --no-audit --no-fund --prefix tests/js
 
-run: $(RUN_STAMP)
+# onnxruntime-web for edgetune.js (the page personalizes in the tab), served by the
+# server from src/edgetune/server/web/node_modules. Without npm `make run` still runs:
+# the page then says why and keeps the server mode.
+WEB_DIR := src/edgetune/server/web
+WEB_STAMP := $(WEB_DIR)/node_modules/.package-lock.json
+WEB_NPM := $(if $(shell command -v npm),$(WEB_STAMP))
+$(WEB_STAMP): $(WEB_DIR)/package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund --prefix $(WEB_DIR)
+
+run: $(RUN_STAMP) $(WEB_NPM)
 	$(PY) -m edgetune.server
 
-test: $(TEST_STAMP) $(SYSTEM_STAMP) $(JS_STAMP)
+test: $(TEST_STAMP) $(SYSTEM_STAMP) $(JS_STAMP) $(WEB_STAMP)
 	$(PY) -m ruff check src tests bench
 	EDGETUNE_REQUIRE_ALL=1 $(PY) -m pytest
 
@@ -67,4 +76,4 @@ bench: $(TEST_STAMP)
 	$(PY) bench/step_floor.py
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules
+	rm -rf $(VENV) tests/js/node_modules $(WEB_DIR)/node_modules

@@ -30,13 +30,18 @@ from edgetune.server.limits import Limits, size_text
 __all__ = ["AccessToken", "BodyLimit", "LoopbackHost", "SameOrigin", "SecurityHeaders"]
 
 TOKEN_COOKIE = "edgetune_token"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+# 'wasm-unsafe-eval' lets edgetune.js compile onnxruntime-web's wasm (no eval of scripts);
+# COOP/COEP make the page cross-origin isolated: SharedArrayBuffer, so wasm threads.
+CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+       "img-src 'self' data: blob:; "
        "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = ((b"content-security-policy", CSP.encode()),
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"no-referrer"),
-                    (b"x-frame-options", b"DENY"))
+                    (b"x-frame-options", b"DENY"),
+                    (b"cross-origin-opener-policy", b"same-origin"),
+                    (b"cross-origin-embedder-policy", b"require-corp"))
 
 
 def _headers(scope) -> dict[str, str]:

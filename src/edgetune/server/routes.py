@@ -32,6 +32,7 @@ from starlette.staticfiles import StaticFiles
 from edgetune.server.api import ApiError, json_body, label
 from edgetune.server.limits import MAX_EPOCHS, Limits
 from edgetune.server.session import Studio
+from edgetune.server.tab_files import tab_routes
 
 __all__ = ["STATIC_DIR", "UPLOAD_PATHS", "http_routes"]
 
@@ -186,5 +187,6 @@ def http_routes() -> list:
         Route("/api/train", train, methods=["POST"]),
         Route("/api/train/stop", stop_training, methods=["POST"]),
         Route("/api/model.onnx", download_model, methods=["GET"]),
+        *tab_routes(),  # the bundle read-only and onnxruntime-web, for the tab
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
