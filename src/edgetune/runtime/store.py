@@ -47,8 +47,8 @@ from edgetune.names import class_name
 __all__ = ["SampleInfo", "SampleStore"]
 
 _FORMAT = "edgetune.samples"
-_SCHEMA_VERSION = 2  # 2: samples.sha256 (the content hash of the source file)
-_READABLE_VERSIONS = (1, 2)  # a read-only open reads an old store as it is
+_SCHEMA_VERSION = 3  # 2: samples.sha256 (the content hash of the source file); 3: thumbnail
+_READABLE_VERSIONS = (1, 2, 3)  # a read-only open reads an old store as it is
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meta (
@@ -68,7 +68,8 @@ _SCHEMA = (
         shape      TEXT NOT NULL,            -- JSON list, e.g. [1280]
         created_at TEXT NOT NULL,            -- ISO 8601, UTC
         source     TEXT,                     -- optional note, e.g. a file name
-        sha256     TEXT                      -- optional: sha256 of the source file's bytes
+        sha256     TEXT,                     -- optional: sha256 of the source file's bytes
+        thumbnail  BLOB                      -- optional: a small JPEG for people to review
     )""",
 )
 _INDEXES = (
@@ -112,6 +113,7 @@ class SampleStore:
         self.read_only = read_only
         self._lock = threading.RLock()
         self._has_sha256 = True  # False for an old (schema 1) store opened read-only
+        self._has_thumbnail = True  # False for a schema 1 or 2 store opened read-only
         if read_only and not os.path.isfile(self.path):
             raise EdgetuneError(f"no sample store at {self.path} to read")
         try:
@@ -181,9 +183,13 @@ class SampleStore:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring an older store up to this schema, in the caller's transaction.
-        1 -> 2: samples get a nullable sha256 column (old samples have none)."""
-        if not self._columns(conn, "samples") >= {"sha256"}:
+        1 -> 2: samples get a nullable sha256 column (old samples have none).
+        2 -> 3: samples get a nullable thumbnail column (old samples have none)."""
+        columns = self._columns(conn, "samples")
+        if "sha256" not in columns:
             conn.execute("ALTER TABLE samples ADD COLUMN sha256 TEXT")
+        if "thumbnail" not in columns:
+            conn.execute("ALTER TABLE samples ADD COLUMN thumbnail BLOB")
         self._set_meta("schema_version", str(_SCHEMA_VERSION))
 
     @staticmethod
@@ -204,6 +210,7 @@ class SampleStore:
                                 f"edgetune reads versions {list(_READABLE_VERSIONS)} "
                                 "(read-only: nothing is migrated)")
         self._has_sha256 = "sha256" in self._columns(conn, "samples")
+        self._has_thumbnail = "thumbnail" in self._columns(conn, "samples")
 
     def close(self) -> None:
         """Close the database (idempotent)."""
@@ -487,6 +494,31 @@ class SampleStore:
                                        (value, sample_id))
                     if cur.rowcount == 0:
                         raise BadInputError(f"no sample with id {sample_id} in {self.path}")
+
+    def set_thumbnails(self, ids: Sequence[int], thumbnails: Sequence[bytes | None]) -> None:
+        """Store a small image per sample (e.g. a JPEG of what the model saw), for people
+        to review their samples; in one transaction."""
+        ids = [int(i) for i in ids]
+        if len(thumbnails) != len(ids):
+            raise BadInputError(f"got {len(thumbnails)} thumbnails for {len(ids)} samples")
+        with self._transaction() as conn:
+            for sample_id, data in zip(ids, thumbnails):
+                if data is not None and not isinstance(data, bytes):
+                    raise BadInputError(f"a thumbnail is bytes; got {type(data).__name__}")
+                if conn.execute("UPDATE samples SET thumbnail=? WHERE id=?",
+                                (data, sample_id)).rowcount == 0:
+                    raise BadInputError(f"no sample with id {sample_id} in {self.path}")
+
+    def thumbnail(self, sample_id: int) -> bytes | None:
+        """The sample's thumbnail (None: stored without one); BadInputError if no such
+        sample."""
+        column = "thumbnail" if self._has_thumbnail else "NULL"
+        with self._lock:
+            row = self._db.execute(f"SELECT {column} FROM samples WHERE id=?",
+                                   (int(sample_id),)).fetchone()
+        if row is None:
+            raise BadInputError(f"no sample with id {sample_id} in {self.path}")
+        return row[0]
 
     def samples(self) -> list[SampleInfo]:
         """All samples (without features), oldest first."""
