@@ -178,3 +178,41 @@ def test_export_writes_the_tokenizer_and_plain_onnxruntime_reproduces_predict(
     for row, answer in zip(probabilities, json.loads(out)):
         assert classes[int(np.argmax(row))] == answer["label"]
         np.testing.assert_allclose(row, [answer["scores"][c] for c in classes], atol=1e-4)
+
+
+def test_convert_max_length_reaches_manifest_tokenizer_and_predict(split, tmp_path, capsys):
+    """--max-length N: the base takes [n, N], the manifest and the tokenizer say N, the
+    preparer pads to N, and a longer text is answered with "truncated": true."""
+    from edgetune.bundle import Bundle
+    from edgetune.inputs import preparer_for
+
+    bundle_dir = tmp_path / "short.edgetune"
+    code, out, err = run(capsys, "convert", "--base", "minilm", "--classes", "5",
+                         "--max-length", "32", "-o", bundle_dir, "--json")
+    assert code == 0, err
+    bundle = Bundle.load(bundle_dir)
+    spec = bundle.manifest["input"]
+    assert spec["max_length"] == 32 and spec["shape"] == [None, 32]
+    assert json.loads(bundle.file("tokenizer.json"))["padding"]["strategy"] == {"Fixed": 32}
+    preparer = preparer_for(spec, files=bundle)
+    assert preparer.prepare("a short text").shape == (2, 32)
+
+    train, heldout = split
+    data = write_csv(tmp_path / "train.csv", train)
+    profile = tmp_path / "profile"
+    code, out, err = run(capsys, "train", bundle_dir, "--data", data, "--profile", profile,
+                         "--epochs", "5", "--json")
+    assert code == 0, err
+    long = max((t for t, _ in heldout), key=len)  # 400 characters: more than 32 tokens
+    with pytest.warns(UserWarning, match="has more than 32 tokens; only the first 32 are used"):
+        code, out, err = run(capsys, "predict", "--profile", profile, "--text", long,
+                             "--text", "Who won the match?", "--json")
+    assert code == 0, err
+    assert [a["truncated"] for a in json.loads(out)] == [True, False]
+
+    code, out, err = run(capsys, "convert", "--base", "minilm", "--max-length", "4", "-o",
+                         tmp_path / "bad.edgetune")
+    assert code == 2 and "4 tokens is outside 8..512" in err
+    code, out, err = run(capsys, "convert", "--base", "efficientnet-lite0", "--max-length",
+                         "64", "-o", tmp_path / "bad.edgetune")
+    assert code == 1 and "max_length is for text bases" in err

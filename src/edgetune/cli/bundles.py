@@ -18,7 +18,8 @@ def convert(args) -> int:
     bundle = build(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
                    loss=args.loss, weight_decay=args.weight_decay, classes=args.classes,
                    cut=args.cut, trainable=args.train, quantize=args.quantize, l2=args.l2,
-                   preprocess=args.preprocess, input_size=args.input_size)
+                   preprocess=args.preprocess, input_size=args.input_size,
+                   max_length=args.max_length)
     with writing(args.output):
         path = bundle.save(args.output, overwrite=args.force)
     info = bundle.describe()
@@ -133,6 +134,9 @@ def add_commands(add) -> None:
                    "(default: detected for images and stated)")
     p.add_argument("--input-size", type=options.input_size, metavar="HxW",
                    help="height and width for a base whose input size is dynamic")
+    p.add_argument("--max-length", type=options.max_length, metavar="N",
+                   help="tokens per text for a text base (minilm, minilm-fp32): longer texts "
+                   "are truncated, shorter ones padded (default: 128)")
     p.add_argument("-o", "--output", required=True, help="OUT.edgetune directory (required)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists "
                    "(default: refuse)")

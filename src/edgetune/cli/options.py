@@ -11,7 +11,7 @@ from edgetune.errors import BadInputError
 
 __all__ = ["PROFILE_HELP", "DefaultsFormatter", "add_json", "add_profile", "add_strict",
            "add_wait", "batch_size", "checked", "classes", "epochs", "input_size", "lr",
-           "non_negative"]
+           "max_length", "non_negative"]
 
 class DefaultsFormatter(argparse.HelpFormatter):
     """Help that shows each option's default, unless it has none or already says it."""
@@ -47,6 +47,18 @@ lr = checked(float, hyperparams.check_lr)
 epochs = checked(int, hyperparams.check_epochs)
 batch_size = checked(int, hyperparams.check_batch_size)
 classes = checked(int, hyperparams.check_classes)
+
+
+def max_length(text: str) -> int:
+    """Tokens per text of a text base: a whole number in 8..512 (BERT's positions;
+    edgetune.converter.text checks the same range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 8 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"{value} tokens is outside 8..512")
+    return value
 
 
 def input_size(text: str) -> tuple[int, int]:

@@ -111,7 +111,7 @@ def predict(args) -> int:
         refuse_if_strict(args, bad, len(inputs), "nothing was predicted")
         answers = dict(zip(good, _predict(p, good, _open_set(args))))
     errors = {f.path: f.reason for f in bad}
-    fields = ("label", "scores", *OPEN_SET_FIELDS)
+    fields = ("label", "scores", *OPEN_SET_FIELDS, "truncated")
     results = [{**_key(item), **{k: answers[item][k] for k in fields if k in answers[item]}}
                if item in answers else {**_key(item), "error": errors[str(item)]}
                for item in inputs]

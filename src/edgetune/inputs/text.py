@@ -144,15 +144,22 @@ class TextPreparer(Preparer):
         return text
 
     def prepare(self, item) -> np.ndarray:
+        return self.encode(item)[0]
+
+    def encode(self, item) -> tuple[np.ndarray, bool]:
+        """(the row :meth:`prepare` gives, whether the text was truncated): the flag of
+        this one text, which :attr:`last_truncated` cannot give a caller whose preparer
+        other threads share (Personalizer.predict puts it in the answer)."""
         text = self.read(item)
         encoding = self.tokenizer.encode(text)
-        self.last_truncated = bool(encoding.overflowing)
-        if self.last_truncated:
+        cut = bool(encoding.overflowing)
+        self.last_truncated = cut
+        if cut:
             self.truncated += 1
             warnings.warn(f"{self.describe(item)} has more than {self.max_length} tokens; "
                           f"only the first {self.max_length} are used",
-                          TruncatedTextWarning, stacklevel=2)
-        return np.array([encoding.ids, encoding.attention_mask], np.int64)
+                          TruncatedTextWarning, stacklevel=3)
+        return np.array([encoding.ids, encoding.attention_mask], np.int64), cut
 
     def feeds(self, rows: np.ndarray, inputs: Mapping[str, str]) -> dict[str, np.ndarray]:
         rows = np.asarray(rows, np.int64)

@@ -326,10 +326,15 @@ class Personalizer:
         the user's samples, .openset); beyond it the label is "unknown", or "none" in a
         profile with the background class "none". The scores stay as they were.
         """
-        return self.predict_features(self.features([image]), open_set)[0]
+        return self.predict_many([image], open_set)[0]
 
     def predict_many(self, images: Sequence, open_set: bool | None = None) -> list[dict]:
-        return self.predict_features(self.features(images), open_set)
+        """predict() of each; a text's answer says if it was "truncated" to max_length."""
+        if self.preparer.kind != "text" or not len(images):
+            return self.predict_features(self.features(images), open_set)
+        rows, cut = zip(*map(self.preparer.encode, images))
+        results = self.predict_features(self.base_features(list(rows)), open_set)
+        return [{**r, "truncated": c} for r, c in zip(results, cut)]
 
     def predict_features(self, feats: np.ndarray, open_set: bool | None = None) -> list[dict]:
         snap = self._snapshot  # one consistent parameter set, whatever training does meanwhile
