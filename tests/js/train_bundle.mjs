@@ -12,6 +12,10 @@
 //     // uint8 pixels of an image bundle, float32 PCM of an audio bundle): the script
 //     // runs `graphs.base` on it to get the features, as a device does
 //     "inputs":   {"file": "pcm.f32", "shape": [n, ...input.shape[1:]]},     // raw LE
+//     // or, for a text bundle (input.kind "text"), the texts themselves: the script reads
+//     // the bundle's tokenizer.json with @huggingface/tokenizers (text_tokens.mjs), feeds
+//     // the base its input_ids and attention_mask, and reports the token ids it made
+//     "texts":    ["a quotation", ...],
 //     "labels":   {"file": "labels.i64", "shape": [n]},                       // raw LE int64
 //     "lr": 0.01,                      // optional; default: the manifest's optimizer.lr
 //     "batches": [[3, 0, 7], ...],     // row indices of the mini-batch of each train step
@@ -19,7 +23,8 @@
 //                                      // for the full mini-batches, train for the rest)
 //     "predict": {"file": "...", "shape": [m, ...]}  // optional: raw inputs (or features,
 //                                      // like the training rows) scored at the end: base,
-//                                      // then `graphs.infer` with the trained parameters
+//                                      // then `graphs.infer` with the trained parameters;
+//                                      // for texts {"texts": [...]}
 //   }
 //
 // Every sample has weight 1. The steps start from the bundle's initial parameters with
@@ -28,13 +33,16 @@
 //   {"runtime", "steps", "losses": [...], "epoch_losses": [...],
 //    "params": {name: {"shape", "first": [first values...]}},
 //    "features": [...] (when the base ran: the training rows' features, flat),
-//    "probabilities": {"shape", "data": [...]} (with "predict")}
+//    "probabilities": {"shape", "data": [...]} (with "predict"),
+//    "tokens": {"input_ids": [[...]], "attention_mask": [[...]], "truncated": [...]}
+//    (texts: the training texts', then the predicted texts' rows)}
 // and with --save writes the final parameters and optimizer state as safetensors.
 
 import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import ort from "onnxruntime-node";
+import { TextTokens } from "./text_tokens.mjs";
 
 const FORMAT = "edgetune.bundle";
 const VERSION = 1;
@@ -169,13 +177,55 @@ async function baseFeatures(base, inputs, chunk = 8) {
   return { features, shape };
 }
 
-async function readData(path, manifest, base) {
+/**
+ * Features of texts: the bundle's tokenizer makes input_ids and attention_mask rows
+ * (int64 [n, max_length]), the base graph's two inputs (by role) take them, `chunk`
+ * rows per call. The rows are kept in `tokens` for the report.
+ */
+async function textFeatures(base, tokenizer, texts, tokens, chunk = 8) {
+  const names = base.graph.inputs;
+  for (const role of ["input_ids", "attention_mask"]) {
+    if (names[role] === undefined) fail(`graphs.base has no input role ${role}`);
+  }
+  const L = tokenizer.maxLength;
+  let features = null;
+  let shape = null;
+  for (let from = 0; from < texts.length; from += chunk) {
+    const rows = texts.slice(from, from + chunk).map((t) => tokenizer.encode(t));
+    const ids = new BigInt64Array(rows.length * L);
+    const mask = new BigInt64Array(rows.length * L);
+    rows.forEach((r, i) => {
+      r.ids.forEach((v, j) => { ids[i * L + j] = BigInt(v); });
+      r.attentionMask.forEach((v, j) => { mask[i * L + j] = BigInt(v); });
+      tokens.input_ids.push(r.ids);
+      tokens.attention_mask.push(r.attentionMask);
+      tokens.truncated.push(r.truncated);
+    });
+    const result = (await base.session.run({
+      [names.input_ids]: new ort.Tensor("int64", ids, [rows.length, L]),
+      [names.attention_mask]: new ort.Tensor("int64", mask, [rows.length, L]),
+    }))[base.graph.outputs.features];
+    if (features === null) {
+      shape = [texts.length, ...result.dims.slice(1)];
+      features = new Float32Array(product(shape));
+    }
+    features.set(result.data, from * product(shape.slice(1)));
+  }
+  return { features, shape };
+}
+
+async function readData(path, manifest, base, tokenizer) {
   const spec = JSON.parse(readFileSync(path, "utf8"));
   const dir = dirname(path);
   let features;
   let shape;
   let fromBase = false;
-  if (spec.inputs) {
+  const tokens = { input_ids: [], attention_mask: [], truncated: [] };
+  if (spec.texts) {
+    ({ features, shape } = await textFeatures(await base(), await tokenizer(), spec.texts,
+      tokens));
+    fromBase = true;
+  } else if (spec.inputs) {
     ({ features, shape } = await baseFeatures(await base(), readInputs(dir, spec.inputs,
       manifest.input?.dtype ?? "uint8")));
     fromBase = true;
@@ -190,13 +240,16 @@ async function readData(path, manifest, base) {
     fail(`${path}: ${shape[0]} feature rows but ${labels.length} labels`);
   }
   let predict = null;
-  if (spec.predict) {
+  if (spec.predict?.texts) {
+    predict = await textFeatures(await base(), await tokenizer(), spec.predict.texts, tokens);
+  } else if (spec.predict) {
     predict = fromBase
       ? await baseFeatures(await base(), readInputs(dir, spec.predict,
         manifest.input?.dtype ?? "uint8"))
       : { features: readFloats(dir, spec.predict), shape: spec.predict.shape };
   }
-  return { ...spec, features, labels, rowShape: shape.slice(1), fromBase, predict };
+  return { ...spec, features, labels, rowShape: shape.slice(1), fromBase, predict,
+           tokens: spec.texts ? tokens : null };
 }
 
 /** The given rows of the data as the data tensors of a train graph. */
@@ -291,7 +344,18 @@ async function main(argv) {
 
   let baseSession = null;
   const base = async () => (baseSession ??= await session("base"));
-  const data = await readData(dataPath, manifest, base);
+  // A text bundle's tokenizer: the manifest's input names the file, `files` its hash.
+  const tokenizer = async () => {
+    const name = manifest.input?.tokenizer;
+    const entry = Object.values(manifest.files ?? {}).find((f) => f.file === name);
+    if (manifest.input?.kind !== "text" || entry === undefined) {
+      fail("texts are for a text bundle (input.kind \"text\", its tokenizer in `files`)");
+    }
+    const bytes = readVerified(bundleDir, entry, `files (${name})`);
+    return new TextTokens(JSON.parse(new TextDecoder().decode(bytes)),
+      manifest.input.max_length);
+  };
+  const data = await readData(dataPath, manifest, base, tokenizer);
   const lr = new ort.Tensor("float32", Float32Array.of(data.lr ?? manifest.optimizer.lr), []);
   let step = 1n; // the `step` input: 1 for the first optimizer step
 
@@ -365,6 +429,7 @@ async function main(argv) {
     runtime, steps: data.batches.length, losses, epoch_losses: epochLosses, params,
     ...(data.fromBase ? { features: Array.from(data.features) } : {}),
     ...(probabilities ? { probabilities } : {}),
+    ...(data.tokens ? { tokens: data.tokens } : {}),
   }) + "\n");
 }
 
