@@ -8,6 +8,7 @@ import sys
 
 from edgetune import __version__
 from edgetune.cli.bundles import add_commands as bundle_commands
+from edgetune.cli.fleet import add_commands as fleet_commands
 from edgetune.cli.listen import add_commands as listen_commands
 from edgetune.cli.manage import add_commands as manage_commands
 from edgetune.cli.options import DefaultsFormatter
@@ -41,6 +42,6 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=DefaultsFormatter, **kwargs)
 
     for add_commands in (bundle_commands, train_commands, use_commands, listen_commands,
-                         manage_commands, serve_commands):
+                         manage_commands, serve_commands, fleet_commands):
         add_commands(add)
     return parser

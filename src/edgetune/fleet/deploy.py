@@ -179,8 +179,11 @@ class SuperLink:
 
 def start_supernode(server: str, profile: str | os.PathLike, home: str | os.PathLike,
                     local_epochs: int = 1, audit: str | os.PathLike | None = None,
-                    log: str | os.PathLike | None = None) -> subprocess.Popen:
-    """flower-supernode for one profile, connected to the SuperLink's Fleet API."""
+                    log: str | os.PathLike | None = None,
+                    session: bool = True) -> subprocess.Popen:
+    """flower-supernode for one profile, connected to the SuperLink's Fleet API.
+    session: in its own process session (False: it shares the caller's, so a signal to
+    the caller's process group reaches it too)."""
     split_address(server)
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -192,7 +195,7 @@ def start_supernode(server: str, profile: str | os.PathLike, home: str | os.Path
     out = open(log, "ab") if log else subprocess.DEVNULL
     try:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(home),
-                                start_new_session=True)
+                                start_new_session=session)
     finally:
         if log:
             out.close()
