@@ -38,6 +38,8 @@ from edgetune.converter.preprocess import InputPlan, plan_input, wrap
 from edgetune.converter.rewrite import pointwise_head_as_gemm
 from edgetune.converter.speech import audio_input_section, speech_embedding
 from edgetune.converter.text import DEFAULT_MAX_LENGTH, minilm, text_input_section, tokenizer_json
+from edgetune.converter.text_blocks import CUT as TEXT_CUT
+from edgetune.converter.text_blocks import minilm_split
 from edgetune.converter.train_graph import TrainingGraphs, build_training_graphs
 from edgetune.hyperparams import check_classes, check_lr, check_non_negative
 
@@ -263,7 +265,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     height and width are dynamic.
     base "minilm" (int8) or "minilm-fp32": all-MiniLM-L6-v2 sentence embeddings of texts
     of at most `max_length` tokens (default 128), with the tokenizer in the bundle
-    (edgetune.converter.text); trains the head only.
+    (edgetune.converter.text); the head only, or with "minilm-fp32" also its last K
+    transformer blocks (trainable="last:K", edgetune.converter.text_blocks).
     """
     mode = Trainable.parse(trainable)
     if classes is not None:
@@ -275,14 +278,18 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
         optimizer = head.default_optimizer
     optimizer = resolve_optimizer(optimizer, lr, weight_decay, str(mode))
     text_base = None if isinstance(base, onnx.ModelProto) else TEXT_ZOO.get(os.fspath(base))
+    text_split = None
     if text_base is not None:
         max_length = DEFAULT_MAX_LENGTH if max_length is None else max_length
-        if mode.mode != "head" or cut is not None or quantize is not None or \
-                preprocess is not None:
-            raise ValueError(f"base {os.fspath(base)!r} trains the head only, without cut, "
-                             f"quantize or preprocess (its int8 form is base 'minilm')")
+        if cut is not None or quantize is not None or preprocess is not None:
+            raise ValueError(f"base {os.fspath(base)!r} takes no cut, quantize or preprocess")
+        if mode.mode == "bias" or (mode.mode == "last" and text_base != "fp32"):
+            raise ValueError(f"base {os.fspath(base)!r} trains the head only; trainable "
+                             f"last:K (its last transformer blocks) needs base 'minilm-fp32'")
         base_model = onnx.load(os.fspath(minilm(cache_dir, max_length=max_length,
                                                 precision=text_base)))
+        if mode.mode == "last":  # the cut and tail are rebuilt: edgetune.converter.text_blocks
+            text_split = minilm_split(cache_dir, mode.blocks, max_length)
         base_name, plan, repairs = os.fspath(base), None, []
     else:
         if max_length is not None:
@@ -293,7 +300,11 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
 
     types = _inferred_types(base_model)  # once, before the cut
     tail, cut_name = None, features_name
-    if mode.mode != "head":
+    if text_split is not None:
+        base_model, tail = text_split
+        cut_name = TEXT_CUT
+        types = {**types, **{o.name: o for o in base_model.graph.output}}
+    elif mode.mode != "head":
         boundaries = block_boundaries(base_model)
         if mode.blocks > len(boundaries):
             raise ValueError(f"trainable {mode}: the base has only {len(boundaries)} blocks")
