@@ -4,7 +4,9 @@ Run config (strings and numbers, from `edgetune fleet server` or `fleet simulate
 `bundle` (path), `rounds`, `min-clients`, `strategy` (fedavg | fedadam | fedprox),
 `local-epochs`, `secagg` (bool), `dp-noise` and `dp-clip` (floats, 0: off), `output`
 (the global bundle to write, optional), `report` (a JSON file of the run, optional),
-`wait` (seconds to wait for min-clients devices).
+`wait` (seconds to wait for min-clients devices). A round goes on with the devices
+still connected: one that leaves (or dies) mid-round is answered as unavailable by the
+SuperLink and counted as a failure.
 
 1. Wait for `min-clients` devices, ask each for its class names (a `get_properties`
    query: names only) and make the vocabulary, their sorted union.
@@ -132,8 +134,9 @@ def make_strategy(cfg: FleetConfig, arrays, fit_config: dict, evaluate_fn=None):
     common = dict(
         evaluate_fn=None if evaluate_fn is None else
         lambda r, arrays, _config: evaluate_fn(r, arrays),
-        fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=int(cfg.min_clients),
-        min_evaluate_clients=int(cfg.min_clients), min_available_clients=int(cfg.min_clients),
+        # min-clients devices start the run; a round goes on with those still there
+        fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=1, min_evaluate_clients=1,
+        min_available_clients=1,
         initial_parameters=ndarrays_to_parameters(arrays), accept_failures=True,
         on_fit_config_fn=lambda r: {**fit_config, "server-round": r},
         on_evaluate_config_fn=lambda r: {**fit_config, "server-round": r},
@@ -169,8 +172,8 @@ def run_fleet(grid: Grid, context: Context, cfg: FleetConfig, evaluate_fn=None) 
         num_rounds=int(cfg.rounds), round_timeout=float(cfg.round_timeout)), strategy=strategy)
     fit_workflow = None
     if cfg.secagg:
-        n = int(cfg.min_clients)
-        fit_workflow = SecAggPlusWorkflow(num_shares=n, reconstruction_threshold=max(2, n - 1))
+        # shares to every device of the round; any two thirds of them unmask the sum
+        fit_workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=0.66)
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy_context)
     record = legacy_context.state.array_records[MAIN_PARAMS_RECORD]
     arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
