@@ -86,6 +86,7 @@ def create_app(personalizer: Personalizer, *, token: str | None = None,
             yield
         finally:
             await run_in_threadpool(personalizer.stop_training, 10)
+            await studio.aclose()
 
     inner = Starlette(routes=http_routes() + live_routes(), lifespan=lifespan,
                       exception_handlers=_handlers(personalizer))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_EPOCHS", "Limits", "size_text", "uvicorn_config_kwargs"]
+__all__ = ["MAX_BATCH_SIZE", "MAX_EPOCHS", "Limits", "size_text", "uvicorn_config_kwargs"]
 
 MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4_096  # the page's field; larger is one batch of every sample anyway
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,16 @@
     PATCH  /api/classes?name=OLD  {"name": NEW}                   rename a class
     DELETE /api/classes?name=N                                    remove a class and its samples
     POST   /api/samples           multipart: label=N, files...    add files to a class (images;
-                                                                   WAV/FLAC/OGG clips for audio)
+                                                                   WAV/FLAC/OGG clips for audio):
+                                   {"added", "files": [{"file", "id"} or {"file", "error"}],
+                                   "state"}; 400 with "files" when none could be added
     DELETE /api/samples/last?label=N                              undo the class's last sample
+    GET    /api/samples[?label=N]                                 samples: id, label, time, source
+    GET    /api/samples/ID/thumbnail.jpg                          what the model saw, small (JPEG)
     DELETE /api/samples/ID                                        remove one sample
     POST   /api/predict           multipart: image=FILE (or a raw image/* or audio/* body)
-    POST   /api/train             {"epochs": 30, "early_stop": true}  train in the background
+    POST   /api/train             {"epochs": 30, "early_stop": true, "batch_size": 32,
+                                   "lr": 0.01}  train in the background (all optional)
     POST   /api/train/stop
     GET    /api/model.onnx        the personalized model (standalone ONNX, classes in metadata)
 
@@ -29,8 +34,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from edgetune import hyperparams
+from edgetune.errors import BadInputError
 from edgetune.server.api import ApiError, json_body, label
-from edgetune.server.limits import MAX_EPOCHS, Limits
+from edgetune.server.intake import add_inputs
+from edgetune.server.limits import MAX_BATCH_SIZE, MAX_EPOCHS, Limits
 from edgetune.server.session import Studio
 from edgetune.server.tab_files import tab_routes
 
@@ -101,11 +109,37 @@ async def add_samples(request: Request) -> Response:
         raise ApiError(400, "no files in the upload", "no_files")
     if name not in await run_in_threadpool(studio.p.counts):
         raise ApiError(404, f"unknown class {name!r}; add it first", "unknown_class")
-    images = [data for _, data in files]
-    sources = [f"upload:{filename[:100]}" for filename, _ in files]
-    await studio.run_model(studio.p.add_samples, images, [name] * len(images), sources)
+    result = await studio.run_model(add_inputs, studio.p, files, name, "upload")
+    if not result.ids:
+        return JSONResponse(
+            {"error": "nothing was added: " + "; ".join(f["error"] for f in result.failed),
+             "code": "bad_input", "files": result.files}, status_code=400)
     studio.broadcast_state()
-    return JSONResponse({"added": len(images), "state": await run_in_threadpool(studio.state)})
+    return JSONResponse({"added": len(result.ids), "files": result.files,
+                         "state": await run_in_threadpool(studio.state)})
+
+
+async def list_samples(request: Request) -> Response:
+    """[{"id", "label", "created_at", "source"}], oldest first (``?label=N``: one class)."""
+    studio = _studio(request)
+    wanted = request.query_params.get("label")
+    if wanted is not None:
+        wanted = label(wanted, "the label query parameter")
+    samples = await run_in_threadpool(studio.p.samples)
+    return JSONResponse({"samples": [
+        {"id": s.id, "label": s.label, "created_at": s.created_at, "source": s.source}
+        for s in samples if wanted is None or s.label == wanted]})
+
+
+async def sample_thumbnail(request: Request) -> Response:
+    studio = _studio(request)
+    sample_id = request.path_params["sample_id"]
+    data = await run_in_threadpool(studio.p.store.thumbnail, sample_id)
+    if data is None:
+        raise ApiError(404, f"sample {sample_id} has no thumbnail (added before thumbnails "
+                       f"were kept, or not an image)", "no_thumbnail")
+    return Response(data, media_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 async def undo_sample(request: Request) -> Response:
@@ -145,17 +179,44 @@ async def predict(request: Request) -> Response:
     return JSONResponse(await studio.run_model(studio.predict, image))
 
 
+def training_settings(body: dict, default_epochs: int) -> dict:
+    """The settings of POST /api/train, checked as every entry point checks them
+    (edgetune.hyperparams): 400 ``bad_epochs`` or ``bad_settings`` naming the value."""
+    unknown = sorted(set(body) - {"epochs", "batch_size", "lr", "early_stop"})
+    if unknown:
+        raise ApiError(400, f"unknown setting {unknown[0]!r} (expected epochs, batch_size, "
+                       f"lr, early_stop)", "bad_settings")
+    epochs = body.get("epochs", default_epochs)
+    try:
+        epochs = hyperparams.check_epochs(epochs)
+    except BadInputError as e:
+        raise ApiError(400, str(e), "bad_epochs") from None
+    if isinstance(body.get("epochs"), float) or epochs > MAX_EPOCHS:
+        raise ApiError(400, f"epochs is {body.get('epochs')!r}; it must be a whole number "
+                       f"from 1 to {MAX_EPOCHS}", "bad_epochs")
+    settings = {"epochs": epochs, "early_stop": body.get("early_stop", True)}
+    if not isinstance(settings["early_stop"], bool):
+        raise ApiError(400, "early_stop must be true or false", "bad_json")
+    try:
+        for key, check in (("batch_size", hyperparams.check_batch_size),
+                           ("lr", hyperparams.check_lr)):
+            if body.get(key) is not None:
+                if key == "batch_size" and isinstance(body[key], float):
+                    raise BadInputError(f"batch size must be a whole number, got {body[key]!r}")
+                settings[key] = check(body[key])
+    except BadInputError as e:
+        raise ApiError(400, str(e), "bad_settings") from None
+    if settings.get("batch_size", 0) > MAX_BATCH_SIZE:
+        raise ApiError(400, f"batch size is {settings['batch_size']}; it must be between 1 "
+                       f"and {MAX_BATCH_SIZE}", "bad_settings")
+    return settings
+
+
 async def train(request: Request) -> Response:
     studio = _studio(request)
-    body = await json_body(request, optional=True)
-    epochs = body.get("epochs", studio.default_epochs)
-    early_stop = body.get("early_stop", True)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS:
-        raise ApiError(400, f"epochs must be a whole number from 1 to {MAX_EPOCHS}",
-                       "bad_epochs")
-    if not isinstance(early_stop, bool):
-        raise ApiError(400, "early_stop must be true or false", "bad_json")
-    studio.start_training(epochs, early_stop)
+    settings = training_settings(await json_body(request, optional=True),
+                                 studio.default_epochs)
+    studio.start_training(**settings)
     return JSONResponse(await run_in_threadpool(studio.state), status_code=202)
 
 
@@ -182,7 +243,9 @@ def http_routes() -> list:
         Route("/api/classes", change_class, methods=["PATCH", "DELETE"]),
         Route("/api/samples", add_samples, methods=["POST"]),
         Route("/api/samples/last", undo_sample, methods=["DELETE"]),
+        Route("/api/samples", list_samples, methods=["GET"]),
         Route("/api/samples/{sample_id:int}", remove_sample, methods=["DELETE"]),
+        Route("/api/samples/{sample_id:int}/thumbnail.jpg", sample_thumbnail, methods=["GET"]),
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/train", train, methods=["POST"]),
         Route("/api/train/stop", stop_training, methods=["POST"]),

@@ -1,9 +1,18 @@
 """The session state the routes and the live channel share: the personalizer, the
-training run and its loss curve, what was trained on, and the event hub."""
+training run and its loss curve, what was trained on, and the event hub.
+
+What the model was last trained on (the sample ids and counts per class) is kept in the
+profile's sample store (meta key ``server.trained``), so after a restart new samples
+still mark the model stale and a class added since training is known to be untrained.
+A record is trusted only while the profile's checkpoint step is the one it was written
+with (training elsewhere, e.g. ``edgetune train``, makes it unknown, not wrong)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import logging
 import tempfile
 import threading
 import time
@@ -13,14 +22,22 @@ from pathlib import Path
 
 from edgetune.defaults import EPOCHS
 from edgetune.errors import BadInputError, EdgetuneError
+from edgetune.runtime.fitting import DEFAULT_BATCH
 from edgetune.runtime.personalizer import Personalizer
+from edgetune.runtime.trainer import suggested_lr
 from edgetune.server.api import DAMAGED, ApiError, clean
+from edgetune.server.holdout import held_out_accuracy
 from edgetune.server.hub import Hub
+from edgetune.server.intake import add_inputs
+from edgetune.server.limits import MAX_BATCH_SIZE, MAX_EPOCHS
 
-__all__ = ["MAX_POINTS", "PROGRESS_INTERVAL", "Studio", "TrainingRun"]
+__all__ = ["MAX_POINTS", "PROGRESS_INTERVAL", "TRAINED_META", "Studio", "TrainingRun"]
+
+log = logging.getLogger("edgetune.server")
 
 MAX_POINTS = 2_000  # loss points kept per run; more are thinned out (every other one)
 PROGRESS_INTERVAL = 0.05  # seconds between progress messages
+TRAINED_META = "server.trained"  # the store's record of what the model was trained on
 
 
 @dataclass
@@ -29,6 +46,7 @@ class TrainingRun:
 
     run: int
     epochs: int
+    settings: dict = field(default_factory=dict)  # batch_size, lr, early_stop as asked
     started: float = field(default_factory=time.time)
     points: list = field(default_factory=list)  # [epoch, loss]
     events: list = field(default_factory=list)  # rollbacks, early stop, errors
@@ -37,10 +55,12 @@ class TrainingRun:
     error: str | None = None
     sent: int = 0
     last_sent: float = 0.0
+    evaluation: dict | None = None  # per-class accuracy on held-out samples, when done
 
     def summary(self) -> dict:
-        return clean({"run": self.run, "epochs": self.epochs, "points": self.points,
-                      "events": self.events, "done": self.done, "error": self.error})
+        return clean({"run": self.run, "epochs": self.epochs, "settings": self.settings,
+                      "points": self.points, "events": self.events, "done": self.done,
+                      "error": self.error, "evaluation": self.evaluation})
 
 
 class Studio:
@@ -56,7 +76,7 @@ class Studio:
         self.hub = Hub()
         self.run: TrainingRun | None = None
         self._run_lock = threading.Lock()
-        self._trained_counts: dict[str, int] | None = None
+        self._trained_on = self._load_trained()
         self._tasks: set[asyncio.Task] = set()
 
     # -- state --
@@ -71,6 +91,13 @@ class Studio:
             info.update(sample_rate=prep.sample_rate, samples=prep.samples,
                         seconds=prep.samples / prep.sample_rate)
         return info
+
+    @property
+    def settings(self) -> dict:
+        """The advanced settings' defaults and bounds (what Train uses when told nothing)."""
+        return {"epochs": self.default_epochs, "batch_size": DEFAULT_BATCH,
+                "lr": suggested_lr(self.p.bundle), "early_stop": True,
+                "max_epochs": MAX_EPOCHS, "max_batch_size": MAX_BATCH_SIZE}
 
     @property
     def trained(self) -> bool:
@@ -97,18 +124,23 @@ class Studio:
             run["points"] = None
         trained = self.trained
         reason = self.readiness(counts)
+        record = self._trained_on if trained else None
+        untrained = [c for c in counts if record is not None and c not in record["counts"]]
+        stale = bool(record is not None and (record["counts"] != counts or
+                                             record["samples"] != self._digest()))
         return {"type": "state",
                 "input": self.input,
                 "classes": [{"name": name, "count": n} for name, n in counts.items()],
                 "samples": sum(counts.values()),
                 "min_samples": self.min_samples,
                 "default_epochs": self.default_epochs,
+                "settings": self.settings,
                 "ready": reason is None,
                 "reason": reason,
                 "training": self.p.is_training,
                 "trained": trained,
-                "stale": bool(trained and self._trained_counts is not None
-                              and self._trained_counts != counts),
+                "stale": stale,
+                "untrained": untrained,  # classes added since training: Download waits
                 "run": run,
                 "last_error": self.p.last_error}
 
@@ -134,11 +166,38 @@ class Studio:
     def record(self, image, label: str, source: str) -> dict:
         if label not in self.p.counts():
             raise BadInputError(f"unknown class {label!r}; add it first")
-        self.p.add_sample(image, label, source=source)
-        return {"type": "recorded", "label": label, "count": self.p.counts().get(label, 0)}
+        result = add_inputs(self.p, [(None, image)], label, source)
+        if result.failed:
+            raise BadInputError(result.failed[0]["error"])
+        return {"type": "recorded", "label": label, "id": result.ids[0],
+                "count": self.p.counts().get(label, 0)}
+
+    # -- what the model was trained on --
+    def _digest(self) -> str:
+        """The stored samples' ids, hashed: changes when any sample is added or removed."""
+        ids = ",".join(str(s.id) for s in self.p.samples())
+        return hashlib.sha256(ids.encode()).hexdigest()
+
+    def _load_trained(self) -> dict | None:
+        try:
+            record = json.loads(self.p.store.get_meta(TRAINED_META) or "null")
+        except ValueError:
+            return None
+        if not isinstance(record, dict) or record.get("step") != self.p.step or \
+                not isinstance(record.get("counts"), dict):
+            return None  # trained elsewhere since (or never): unknown, not stale
+        return record
+
+    def _save_trained(self, record: dict | None) -> None:
+        self._trained_on = record
+        if record is not None:
+            self.p.store.set_meta(TRAINED_META, json.dumps(record))
 
     # -- training --
-    def start_training(self, epochs: int, early_stop: bool) -> None:
+    def start_training(self, epochs: int, early_stop: bool = True, *,
+                       batch_size: int | None = None, lr: float | None = None) -> None:
+        """Start a run (settings already checked: routes.training_settings)."""
+        settings = {"batch_size": batch_size, "lr": lr, "early_stop": early_stop}
         with self._run_lock:
             if self.p.is_training:
                 raise ApiError(409, "training is already running", "training")
@@ -146,16 +205,21 @@ class Studio:
             if reason:
                 raise ApiError(409, reason, "not_ready")
             number = self.run.run + 1 if self.run else 1
-            self.run = run = TrainingRun(number, epochs)
+            self.run = run = TrainingRun(number, epochs, settings)
             try:
                 self.p.start_training(epochs=epochs, early_stop=early_stop,
+                                      batch_size=batch_size, lr=lr,
                                       callback=lambda record: self._on_record(run, record))
             except DAMAGED:
                 raise  # 500 corrupt_profile, not a conflict
             except EdgetuneError as e:
                 raise ApiError(409, str(e), "training") from None
         self.hub.publish({"type": "training_started", "run": number, "epochs": epochs})
-        task = asyncio.get_running_loop().create_task(self._watch(run))
+        self.broadcast_state()  # every tab: the pill says Training, Stop shows
+        self._spawn(self._watch(run))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -191,26 +255,48 @@ class Studio:
     async def _watch(self, run: TrainingRun) -> None:
         while self.p.is_training:
             await asyncio.sleep(0.05)
-        with self._run_lock:
+        with self._run_lock:  # the run's own events came through _on_record
             run.done = True
             if self.p.last_error and not run.error:
                 run.error = self.p.last_error
-            for record in self.p.history[-3:]:
-                if record.get("event") in ("early_stop", "stopped") and record not in run.events:
-                    run.events.append(record)
             message = self._progress(run, time.monotonic())
         if self.trained and not run.error:
-            self._trained_counts = self.p.counts()
+            record = await asyncio.to_thread(
+                lambda: {"counts": self.p.counts(), "samples": self._digest(),
+                         "step": self.p.step})
+            await asyncio.to_thread(self._save_trained, record)
         self.hub.publish(message)
         self.hub.publish({"type": "training_done", "run": run.summary()})
         self.broadcast_state()
+        if not run.error and run.points:
+            await self._evaluate(run)
+
+    async def _evaluate(self, run: TrainingRun) -> None:
+        """Per-class accuracy on held-out samples (.holdout), after the run."""
+        try:
+            report = await asyncio.to_thread(
+                held_out_accuracy, self.p, epochs=run.epochs, lr=run.settings.get("lr"),
+                batch_size=run.settings.get("batch_size"),
+                early_stop=run.settings.get("early_stop", True))
+        except Exception:  # the run itself succeeded; say nothing rather than fail it
+            log.exception("held-out evaluation failed")
+            return
+        with self._run_lock:
+            run.evaluation = clean(report)
+        self.hub.publish({"type": "evaluation", "run": run.run, "evaluation": run.evaluation})
+
+    async def aclose(self, timeout: float = 30) -> None:
+        """Wait for the watchers and evaluations still running (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
 
     def rename_class(self, old: str, new: str) -> None:
         """Rename keeps the class's column: a trained model stays up to date."""
         self.p.rename_class(old, new)
-        counts = self._trained_counts
-        if counts is not None and old in counts:
-            self._trained_counts = {new if k == old else k: v for k, v in counts.items()}
+        record = self._trained_on
+        if record is not None and old in record["counts"]:
+            counts = {new if k == old else k: v for k, v in record["counts"].items()}
+            self._save_trained({**record, "counts": counts})
 
     def stop_training(self) -> None:
         self.p.stop_training(timeout=10)
@@ -218,6 +304,10 @@ class Studio:
     def export(self) -> bytes:
         if not self.trained:
             raise ApiError(409, "nothing trained yet: press Train first", "not_trained")
+        untrained = self.state(points=False)["untrained"]
+        if untrained:
+            raise ApiError(409, f"class {', '.join(map(repr, untrained))} was added after "
+                           f"training: press Train again before downloading", "not_trained")
         with tempfile.TemporaryDirectory(prefix="edgetune-export-") as tmp:
             path = self.p.export(Path(tmp) / "personal.onnx")
             return path.read_bytes()
