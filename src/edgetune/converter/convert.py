@@ -347,6 +347,8 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     if text_base is not None:
         files["tokenizer.json"] = tokenizer_json(max_length)
         manifest["files"] = {"tokenizer": {"file": "tokenizer.json", "sha256": "0" * 64}}
+        if text_split is not None:  # [L, H + 1]: token activations, the mask last
+            manifest["features"]["layout"] = "tokens+mask"
     if plan is not None and (plan.changes_model or plan.detected or preprocess is not None):
         if plan.section() is not None:
             manifest["input"]["preprocessing"] = plan.section()

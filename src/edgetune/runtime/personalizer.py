@@ -54,7 +54,7 @@ from edgetune.runtime.profile import (
     open_precision,
     open_store,
 )
-from edgetune.runtime.prototypes import PrototypeClassifier
+from edgetune.runtime.prototypes import PrototypeClassifier, comparable
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, bundle_session
 
@@ -132,6 +132,7 @@ class Personalizer:
         manifest = self.bundle.manifest
         self._bundle_id = sha256(json.dumps(manifest, sort_keys=True).encode())
         self.features_shape = tuple(manifest["features"]["shape"])
+        self._layout = manifest["features"].get("layout")  # prototypes.comparable
         self._input = manifest["input"]
         self.preparer = preparer_for(self._input, min_image_size=self.min_image_size,
                                      files=self.bundle)
@@ -329,8 +330,7 @@ class Personalizer:
         return self.predict_many([image], open_set)[0]
 
     def predict_many(self, images: Sequence, open_set: bool | None = None) -> list[dict]:
-        """predict() of each; a text's answer says if it was "truncated" to max_length."""
-        if self.preparer.kind != "text" or not len(images):
+        if self.preparer.kind != "text" or not len(images):  # texts: also "truncated"
             return self.predict_features(self.features(images), open_set)
         rows, cut = zip(*map(self.preparer.encode, images))
         results = self.predict_features(self.base_features(list(rows)), open_set)
@@ -360,7 +360,7 @@ class Personalizer:
                 self._refresh_prototypes()
                 state = (self._prototype_classes, self._prototypes.class_means(),
                          self._openset.calibration)
-            results = judge_all(feats, results, *state)
+            results = judge_all(comparable(feats, self._layout), results, *state)
         return results
 
     # -- open set (.openset) --
@@ -385,7 +385,7 @@ class Personalizer:
         with self._lock:
             self._refresh_prototypes()
             clf = self._prototypes
-        scores = clf.predict_scores(feats.reshape(len(feats), -1))
+        scores = clf.predict_scores(comparable(feats, self._layout))
         return scores[:, :n_classes] if scores.shape[1] >= n_classes else np.pad(
             scores, [(0, 0), (0, n_classes - scores.shape[1])])
 
@@ -396,7 +396,7 @@ class Personalizer:
             return
         X, y = self.store.features_and_labels()
         names = self.store.class_names()
-        flat = X.reshape(len(X), int(np.prod(self.features_shape)))
+        flat = comparable(X, self._layout)
         self._prototypes = PrototypeClassifier().fit(flat, y, max(len(names), 1))
         self._prototype_classes = names
         self._openset.refresh(flat, y, names)

@@ -18,9 +18,22 @@ import numpy as np
 
 from edgetune.errors import BadInputError
 
-__all__ = ["PrototypeClassifier", "imprint_weights"]
+__all__ = ["PrototypeClassifier", "comparable", "imprint_weights"]
 
 _EPS = 1e-12
+
+
+def comparable(X: np.ndarray, layout: str | None = None) -> np.ndarray:
+    """Cached features as rows ``[n, F]`` that prototypes and the open set compare: the
+    features flattened, or for layout ``"tokens+mask"`` (a text bundle trained beyond its
+    head caches ``[n, L, H + 1]``: each token's activations, its mask last) their mean
+    over the real tokens, ``[n, H]``: a sentence vector, where flat rows would compare
+    texts token position by token position."""
+    X = np.asarray(X)
+    if layout == "tokens+mask":
+        mask = X[..., -1:]
+        return (X[..., :-1] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+    return X.reshape(len(X), -1)
 
 
 class PrototypeClassifier:
