@@ -143,14 +143,21 @@ export function fitPixels(rgb, w, h, width, height) {
   }
   const left = Math.max(0, (w - boxW) / 2);
   const top = Math.max(0, (h - boxH) / 2);
-  // Pillow: rows outside the vertical filter's reach are never read; same result.
+  // Pillow (13): both passes read the whole rows/columns; it runs first the pass whose
+  // intermediate image is smaller (vertical if w * height < width * h, else horizontal).
+  const needH = !(width === w && left === 0 && boxW === w);
+  const needV = !(height === h && top === 0 && boxH === h);
   let out = rgb;
+  if (needH && needV && w * height < width * h) {
+    out = vertical(out, w, h, height, top, top + boxH);
+    return horizontal(out, w, height, width, left, left + boxW);
+  }
   let cw = w;
-  if (!(width === w && left === 0 && boxW === w)) {
-    out = horizontal(out, cw, h, width, left, left + boxW);
+  if (needH) {
+    out = horizontal(out, w, h, width, left, left + boxW);
     cw = width;
   }
-  if (!(height === h && top === 0 && boxH === h)) out = vertical(out, cw, h, height, top, top + boxH);
+  if (needV) out = vertical(out, cw, h, height, top, top + boxH);
   return out;
 }
 

