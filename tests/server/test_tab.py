@@ -91,7 +91,7 @@ def test_the_tab_resizes_photos_as_python_does(bundles, pw, tmp_path):
     with running(bundles["sgd"], tmp_path / "p") as (server, _), \
             browser(pw, user_data=tmp_path / "u") as ctx:
         page = page_of(ctx, errors := [])
-        page.goto(server.url)
+        page.goto(server.url + "?mode=server")
         for image, size in cases:
             h, w = image.shape[:2]
             got = page.evaluate("""async ([rgb, w, h, size]) => {
@@ -122,7 +122,7 @@ def test_the_tab_trains_as_python_does(bundles, data, pw, tmp_path, optimizer):
         X = served.features(list(images))
         python, records = _train_in_python(bundle, tmp_path / "py", X, y)
         page = page_of(ctx, errors := [])
-        page.goto(server.url)
+        page.goto(server.url + "?mode=server")
         result = js(page, """
             const p = await Personalizer.open("/bundle/", { profile: "parity" });
             for (const [i, label] of arg.labels.entries()) {
@@ -164,3 +164,123 @@ def test_the_tab_trains_as_python_does(bundles, data, pw, tmp_path, optimizer):
     assert np.abs(outputs["py"] - outputs["js"]).max() < 1e-4
     assert (outputs["py"].argmax(1) == outputs["js"].argmax(1)).all()
     python.close()
+
+
+# ----------------------------------------------------------------------- persistence
+
+RECORD = """
+    const p = await Personalizer.open("/bundle/", { profile: "kept" });
+    for (const [i, label] of arg.labels.entries()) {
+        const data = new ImageData(Uint8ClampedArray.from(arg.rgba[i]), arg.w, arg.h);
+        await p.addSample(data, label);
+    }
+    window.tabProfile = p;
+"""
+
+STATE = """
+    const p = window.tabProfile ?? await Personalizer.open("/bundle/", { profile: "kept" });
+    const thumbs = [];
+    for (const s of p.samples()) {
+        const bitmap = await createImageBitmap(s.thumbnail);
+        thumbs.push([s.id, s.label, s.thumbnail.type, bitmap.width, bitmap.height]);
+    }
+    const data = new ImageData(Uint8ClampedArray.from(arg.probe), arg.w, arg.h);
+    return { counts: p.counts(), trained: p.trained, step: p.step, thumbs,
+             prediction: await p.predict(data) };
+"""
+
+
+def _rgba(images) -> list[list[int]]:
+    out = np.full((*images.shape[:3], 4), 255, np.uint8)
+    out[..., :3] = images
+    return [row.ravel().tolist() for row in out]
+
+
+@pytest.fixture(scope="module")
+def larger():
+    """Real photos at 48x36 (the tab resizes them to the base's 16x16)."""
+    images, labels = photo_crops(per_class=6, size=48, seed=5, classes=CLASSES)
+    return images[:, 6:42, :, :], labels  # 36 rows x 48 columns
+
+
+def test_a_reload_keeps_classes_samples_thumbnails_and_the_head(bundles, larger, pw, tmp_path):
+    images, y = larger
+    arg = {"rgba": _rgba(images), "labels": [CLASSES[i] for i in y], "w": 48, "h": 36,
+           "probe": _rgba(images[:1])[0]}
+    with running(bundles["adam"], tmp_path / "server") as (server, _), \
+            browser(pw, user_data=tmp_path / "u") as ctx:
+        page = page_of(ctx, errors := [])
+        page.goto(server.url + "?mode=server")
+        js(page, RECORD + "await p.fit({ epochs: 30 });", arg)
+        before = js(page, STATE, arg)
+        page.reload()
+        after = js(page, STATE, arg)
+        assert not errors
+    assert before["trained"] and before["prediction"]["source"] == "head"
+    assert after == before
+    assert after["counts"] == {c: 6 for c in CLASSES}
+    assert all(t[2] == "image/jpeg" and t[3:] == [64, 64] for t in after["thumbs"])
+
+
+def _browser_pids(user_data: Path) -> list[int]:
+    """The Chromium processes started with this user data directory (ours)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(str(user_data).encode() in arg for arg in cmdline):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_browser_killed_mid_training_leaves_a_profile_that_opens(bundles, larger, pw,
+                                                                   tmp_path):
+    import os
+    import signal
+    import time
+
+    images, y = larger
+    arg = {"rgba": _rgba(images), "labels": [CLASSES[i] for i in y], "w": 48, "h": 36,
+           "probe": _rgba(images[:1])[0]}
+    user_data = tmp_path / "u"
+    with running(bundles["adam"], tmp_path / "server") as (server, _):
+        ctx = pw.chromium.launch_persistent_context(
+            str(user_data), executable_path=browser.__globals__["CHROMIUM"], headless=True,
+            args=browser.__globals__["FLAGS"])
+        page = page_of(ctx, [])
+        page.goto(server.url + "?mode=server")
+        js(page, RECORD + """
+            window.epochs = 0;
+            p.fit({ epochs: 100000, earlyStop: false, lr: 0.001,
+                    onEpoch: () => { window.epochs += 1; } });
+        """, arg)
+        page.wait_for_function("window.epochs > 200", timeout=60_000)
+        pids = _browser_pids(user_data)
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _browser_pids(user_data) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            ctx.close()
+        except Exception:  # its browser is gone: that was the point
+            pass
+        with browser(pw, user_data=user_data) as ctx:
+            page = page_of(ctx, errors := [])
+            page.goto(server.url + "?mode=server")
+            state = js(page, STATE, arg)
+            again = js(page, """
+                const p = await Personalizer.open("/bundle/", { profile: "kept" });
+                const records = await p.fit({ epochs: 5 });
+                return records.at(-1).event;
+            """, arg)
+            assert not errors
+    assert state["counts"] == {c: 6 for c in CLASSES}
+    assert state["trained"] and state["step"] > 0
+    assert state["prediction"]["source"] == "head"
+    assert len(state["thumbs"]) == 18
+    assert again == "kept"

@@ -138,7 +138,7 @@ def test_camera_record_train_and_predict_in_two_browsers(pw, default_bundle_path
             browser(pw, *FAKE_MEDIA, f"--use-file-for-fake-video-capture={clips['coffee']}",
                     user_data=tmp_path / "ub") as ctx_coffee:
         cat, coffee = page_of(ctx_cat, errors), page_of(ctx_coffee, errors)
-        cat.goto(server.url)
+        cat.goto(server.url + "?mode=server")
         expect(cat.locator("#status")).to_have_text("No classes yet")
         expect(cat.locator("#classes-empty")).to_be_visible()
         expect(cat.locator("#camera-state")).to_contain_text("Camera on")
@@ -147,7 +147,7 @@ def test_camera_record_train_and_predict_in_two_browsers(pw, default_bundle_path
         add_class(cat, "coffee")
         expect(cat.locator("#status")).to_have_text("Too few samples")
         expect(cat.get_by_role("button", name="Train")).to_be_disabled()
-        coffee.goto(server.url)  # sees the classes made in the other browser
+        coffee.goto(server.url + "?mode=server")  # sees the classes made in the other browser
         expect(coffee.get_by_role("button", name="Hold to record coffee")).to_be_enabled()
         expect(coffee.locator("#camera-state")).to_contain_text("Camera on")
 
@@ -217,7 +217,7 @@ def test_no_camera_upload_files_train_and_predict_a_file(pw, default_bundle_path
     with running(default_bundle_path, tmp_path / "profile") as (server, personalizer), \
             browser(pw, user_data=tmp_path / "ua") as context:  # no fake camera: none at all
         page = page_of(context, errors)
-        page.goto(server.url)
+        page.goto(server.url + "?mode=server")
         expect(page.locator("#camera-state")).to_contain_text("image files")
         expect(page.locator("#camera-message")).to_contain_text("No camera")
 

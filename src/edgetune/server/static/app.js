@@ -8,6 +8,7 @@ import { renderClasses, updateCount } from "./classes.js";
 import { onListening, onScores, renderListen, sendListen, setListening,
          startAudioPage } from "./microphone.js";
 import { renderBarsFromState, renderPrediction } from "./predict.js";
+import { chooseBackend, startTab } from "./tab.js";
 import { addPoints, drawLoss, finishRun } from "./training.js";
 import { $, api, app, plural, send, toast } from "./ui.js";
 
@@ -163,9 +164,22 @@ function startMedia(kind) {
 // ------------------------------------------------------------------ start
 
 drawLoss();
+// In the tab by default (tab.js: edgetune.js answers the API, frames stay here); the
+// server's WebSocket in server mode (?mode=server) or when the tab cannot run the model.
+const backend = await chooseBackend();
+if (backend.mode === "tab") {
+  try {
+    await startTab(handle);
+  } catch (e) {
+    Object.assign(backend, { mode: "server", why: e.message || String(e) });
+  }
+}
+if (backend.why && !backend.quiet && backend.mode === "server" && !backend.why.startsWith("server mode")) toast(`Server mode: ${backend.why}`, true);
 api("GET", "/api/state").then((state) => {
   if (state && !app.state) setState(state);
   else if (!state && !app.kind) startMedia("image");
 });
-connect();
-tick();
+if (backend.mode === "server") {
+  connect();
+  tick();
+}

@@ -179,9 +179,14 @@ export class Personalizer {
   /** Add one sample of class `label`; its id. */
   async addSample(source, label) {
     label = className(label);
-    const { features, pixels } = await this.features(source);
+    return this.addPrepared(await this.features(source), label);
+  }
+
+  /** Add what features(source) gave (so a frame that is also predicted runs the base once). */
+  async addPrepared({ features, pixels }, label) {
+    label = className(label);
     const [, height, width] = this.inputShape;
-    const thumb = await thumbnail(pixels, width, height);
+    const thumb = pixels ? await thumbnail(pixels, width, height) : null;
     return (await this._add([features], [label], [thumb]))[0];
   }
 

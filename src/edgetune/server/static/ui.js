@@ -52,6 +52,7 @@ export function toast(message, isError = false) {
 }
 
 export async function api(method, url, body) {
+  if (app.tab) return app.tab.api(method, url, body);  // the page runs in the tab (tab.js)
   const options = { method, headers: {}, credentials: "same-origin" };
   if (body instanceof FormData) options.body = body;
   else if (body !== undefined) {

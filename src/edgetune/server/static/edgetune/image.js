@@ -210,7 +210,20 @@ export async function thumbnail(rgb, w, h, side = 64) {
     rgba[i + 2] = small[j + 2];
     rgba[i + 3] = 255;
   }
-  const canvas = new OffscreenCanvas(side, side);
-  canvas.getContext("2d").putImageData(new ImageData(rgba, side, side), 0, 0);
-  return canvas.convertToBlob({ type: "image/jpeg", quality: 0.8 });
+  const image = new ImageData(rgba, side, side);
+  if (typeof document === "undefined") {
+    const canvas = new OffscreenCanvas(side, side);
+    canvas.getContext("2d").putImageData(image, 0, 0);
+    return canvas.convertToBlob({ type: "image/jpeg", quality: 0.8 });
+  }
+  // toDataURL encodes at once; convertToBlob and toBlob may wait for the browser to be
+  // idle, which it seldom is while a record button is held down (up to a second here).
+  const canvas = document.createElement("canvas");
+  canvas.width = side;
+  canvas.height = side;
+  canvas.getContext("2d").putImageData(image, 0, 0);
+  const binary = atob(canvas.toDataURL("image/jpeg", 0.8).split(",")[1]);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return new Blob([bytes], { type: "image/jpeg" });
 }

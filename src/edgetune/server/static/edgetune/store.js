@@ -12,6 +12,10 @@
 import { EdgetuneError } from "./manifest.js";
 
 const DB = "edgetune";
+// Atomic either way; "relaxed" skips the flush to disk that "strict" waits for (up to a
+// second per transaction on a busy disk), so only a power cut could lose the latest
+// changes, never leave half of one.
+const RELAXED = { durability: "relaxed" };
 const DB_VERSION = 1;
 
 const promised = (request) => new Promise((resolve, reject) => {
@@ -86,7 +90,7 @@ export class ProfileStore {
 
   /** Add samples and the class table in one transaction; the ids, in order. */
   async addSamples(rows, classes) {
-    const tx = this.db.transaction(["profiles", "samples"], "readwrite");
+    const tx = this.db.transaction(["profiles", "samples"], "readwrite", RELAXED);
     const ids = rows.map((row) => promised(tx.objectStore("samples").add({ profile: this.name, ...row })));
     tx.objectStore("profiles").put({ ...this.profile, classes });
     const result = await Promise.all(ids);
@@ -139,7 +143,7 @@ export class ProfileStore {
 
   /** Write the parameters, optimizer state, step and column names as one record. */
   async saveCheckpoint(checkpoint) {
-    const tx = this.db.transaction(["checkpoints"], "readwrite");
+    const tx = this.db.transaction(["checkpoints"], "readwrite", RELAXED);
     tx.objectStore("checkpoints").put({ profile: this.name, ...checkpoint, saved: Date.now() });
     await done(tx);
   }

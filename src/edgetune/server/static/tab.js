@@ -1,0 +1,246 @@
+// The page's backend when it runs in the tab (the default): the same requests and
+// messages as the server's API and WebSocket, answered here by edgetune.js, so camera
+// frames, samples and training never leave the browser. The server only serves the
+// page, the bundle (/bundle/) and onnxruntime-web (/static/ort/).
+//
+// `?mode=server` keeps the server mode (frames over the WebSocket); so does a browser
+// without WebAssembly, an audio bundle, or a server without onnxruntime-web (no npm
+// when it was installed), and the page says why.
+
+import { $, app, toast } from "./ui.js";
+
+const FRAME_INTERVAL_MS = 100; // at most 10 predictions a second, as in server mode
+const PROFILE = "default";
+
+/** "tab" or "server", and why when the tab cannot be used. */
+export async function chooseBackend() {
+  const asked = new URLSearchParams(location.search).get("mode");
+  if (asked === "server") return { mode: "server", why: "server mode (?mode=server)" };
+  if (typeof WebAssembly !== "object") return { mode: "server", why: "this browser has no WebAssembly" };
+  let head;
+  try {
+    head = await fetch("/static/ort/ort.wasm.min.mjs", { method: "HEAD", cache: "no-cache" });
+  } catch (e) {
+    return { mode: "server", why: "the server is not reachable" };
+  }
+  if (!head.ok) {
+    return { mode: "server", why: "onnxruntime-web is not installed on the server (install npm, then make run)" };
+  }
+  const manifest = await fetch("/bundle/manifest.json", { cache: "no-cache" }).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+  const kind = manifest?.input?.kind ?? "image";
+  if (!manifest) return { mode: "server", why: "the server does not serve its bundle" };
+  if (kind !== "image") return { mode: "server", why: `${kind} bundles run on the server`, quiet: true };
+  return { mode: "tab" };
+}
+
+function samplesOf(p) {
+  return p.samples().map((s) => ({ id: s.id, label: s.label, created_at: s.created / 1000,
+    source: "tab", thumbnail: s.thumbnail }));
+}
+
+/** The tab's backend: `api(method, url, body)` like the server's, messages to `handle`. */
+export class TabBackend {
+  constructor(p, defaults, handle) {
+    this.p = p;
+    this.handle = handle;
+    this.minSamples = defaults.min_samples ?? 3;
+    this.defaultEpochs = defaults.default_epochs ?? 100;
+    this.run = null;
+    this.runs = 0;
+    this.trainedOn = JSON.parse(localStorage.getItem(`edgetune.trainedOn.${PROFILE}`) || "null");
+    this.busy = false;
+    this.thumbUrls = new Map();
+  }
+
+  static async start(handle) {
+    const { Personalizer } = await import("./edgetune.js");
+    const defaults = await fetch("/api/state", { credentials: "same-origin" }).then((r) => r.json());
+    const p = await Personalizer.open("/bundle/", { profile: PROFILE });
+    return new TabBackend(p, defaults, handle);
+  }
+
+  readiness(counts) {
+    const names = Object.keys(counts);
+    if (names.length < 2) return names.length ? "Add at least two classes." : "Add a class for each thing to tell apart (at least two).";
+    const short = names.filter((n) => counts[n] < this.minSamples).map((n) => `${n} (${counts[n]})`);
+    if (short.length) return `Record at least ${this.minSamples} samples for every class; too few: ${short.join(", ")}.`;
+    return null;
+  }
+
+  state() {
+    const counts = this.p.counts();
+    const reason = this.readiness(counts);
+    const trained = this.p.trained;
+    const record = trained ? this.trainedOn : null;
+    const ids = this.p.samples().map((s) => s.id).join(",");
+    const stale = Boolean(record && (JSON.stringify(record.counts) !== JSON.stringify(counts) || record.ids !== ids));
+    return { type: "state", mode: "tab", input: { kind: this.p.input.kind ?? "image" },
+      classes: Object.entries(counts).map(([name, count]) => ({ name, count })),
+      samples: Object.values(counts).reduce((a, b) => a + b, 0), min_samples: this.minSamples,
+      default_epochs: this.defaultEpochs, ready: reason === null, reason, training: this.p.isTraining,
+      trained, stale, untrained: record ? Object.keys(counts).filter((c) => !(c in record.counts)) : [],
+      run: this.run, last_error: this.run?.error ?? null };
+  }
+
+  broadcast() { this.handle(this.state()); }
+
+  /** The server's endpoints, answered in the tab (null and a toast on an error, as api()). */
+  async api(method, url, body) {
+    try {
+      const result = await this.route(method, new URL(url, location.href), body);
+      return result;
+    } catch (error) {
+      toast(error.message || String(error), true);
+      return null;
+    }
+  }
+
+  async route(method, url, body) {
+    const path = url.pathname;
+    const q = url.searchParams;
+    const p = this.p;
+    if (path === "/api/state" && method === "GET") return this.state();
+    if (path === "/api/classes") {
+      if (method === "POST") await p.addClass(body.name);
+      else if (method === "PATCH") await p.renameClass(q.get("name"), body.name);
+      else if (method === "DELETE") await p.removeClass(q.get("name"));
+      this.broadcast();
+      return this.state();
+    }
+    if (path === "/api/samples" && method === "GET") {
+      const wanted = q.get("label");
+      return { samples: samplesOf(p).filter((s) => wanted === null || s.label === wanted) };
+    }
+    if (path === "/api/samples" && method === "POST") return this.addFiles(body);
+    if (path === "/api/samples/last" && method === "DELETE") {
+      const ids = p.samples().filter((s) => s.label === q.get("label")).map((s) => s.id);
+      if (!ids.length) throw new Error(`class ${JSON.stringify(q.get("label"))} has no samples`);
+      await p.removeSample(ids[ids.length - 1]);
+      this.broadcast();
+      return { removed: ids[ids.length - 1], state: this.state() };
+    }
+    const one = path.match(/^\/api\/samples\/(\d+)$/);
+    if (one && method === "DELETE") {
+      await p.removeSample(Number(one[1]));
+      this.broadcast();
+      return this.state();
+    }
+    if (path === "/api/predict" && method === "POST") {
+      const file = body instanceof FormData ? body.get("image") : body;
+      const t0 = performance.now();
+      return { type: "prediction", ...(await p.predict(file)), ms: performance.now() - t0 };
+    }
+    if (path === "/api/train" && method === "POST") return this.train(body || {});
+    if (path === "/api/train/stop" && method === "POST") {
+      p.stop();
+      return this.state();
+    }
+    throw new Error(`${method} ${path} is not available when the page runs in the tab (?mode=server has it)`);
+  }
+
+  async addFiles(form) {
+    const label = form.get("label");
+    const files = form.getAll("files");
+    const result = [];
+    for (const file of files) {
+      try {
+        const id = await this.p.addSample(file, label);
+        result.push({ file: file.name, id });
+      } catch (error) {
+        result.push({ file: file.name, error: error.message });
+      }
+    }
+    const failed = result.filter((r) => r.error);
+    if (failed.length) toast(failed.map((r) => `${r.file}: ${r.error}`).join("; "), true);
+    this.broadcast();
+    return { added: result.length - failed.length, files: result, state: this.state() };
+  }
+
+  train(body) {
+    if (this.p.isTraining) throw new Error("training is already running");
+    const epochs = body.epochs ?? this.defaultEpochs;
+    const counts = this.p.counts();
+    const ids = this.p.samples().map((s) => s.id).join(",");
+    const run = this.run = { run: ++this.runs, epochs, points: [], events: [], done: false, error: null };
+    this.handle({ type: "training_started", run: run.run, epochs });
+    this.p.fit({ epochs, batchSize: body.batch_size, lr: body.lr, earlyStop: body.early_stop ?? true,
+      onEpoch: (record) => {
+        if (record.event) {
+          if (record.message) run.events.push({ event: record.event, message: record.message });
+          return;
+        }
+        run.points.push([record.epoch, record.loss]);
+        this.handle({ type: "progress", run: run.run, replace: false, points: [[record.epoch, record.loss]],
+          epoch: record.epoch, loss: record.loss, events: run.events.slice(-3) });
+      } })
+      .then((records) => {
+        if (records.at(-1)?.improved || this.p.trained) {
+          this.trainedOn = { counts, ids };
+          localStorage.setItem(`edgetune.trainedOn.${PROFILE}`, JSON.stringify(this.trainedOn));
+        }
+      })
+      .catch((error) => { run.error = error.message || String(error); })
+      .finally(() => {
+        run.done = true;
+        this.handle({ type: "training_done", run });
+        this.broadcast();
+      });
+    return { ...this.state(), training: true };
+  }
+
+  /** Frames from the camera: a sample while a class is recorded, a prediction after. */
+  async frame(video) {
+    if (this.busy || app.camera !== "on" || document.hidden || video.readyState < 2) return;
+    const recording = app.recording;
+    const counts = this.p.counts();
+    if (!recording && !Object.values(counts).some((n) => n > 0)) return;
+    this.busy = true;
+    try {
+      const t0 = performance.now();
+      const prepared = await this.p.features(video); // the base once for both
+      if (recording && recording in counts) {
+        await this.p.addPrepared(prepared, recording);
+        this.handle({ type: "recorded", label: recording, count: this.p.counts()[recording] });
+        this.broadcast();
+      }
+      const [result] = await this.p.predictFeatures(prepared.features, 1);
+      this.handle({ type: "prediction", ...result, ms: performance.now() - t0 });
+    } catch (error) {
+      this.handle({ type: "error", message: error.message || String(error) });
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** Download: the model exported in the tab. */
+  async download() {
+    const bytes = await this.p.exportOnnx();
+    const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = "edgetune-personal.onnx";
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  }
+}
+
+/** Run the page in the tab: `handle` gets the messages the WebSocket would bring. */
+export async function startTab(handle) {
+  const backend = await TabBackend.start(handle);
+  app.tab = backend;
+  app.ws = { readyState: 1, send() {} }; // "connected": the backend is in this tab
+  const video = $("video");
+  const loop = () => {
+    backend.frame(video).finally(() => setTimeout(loop, FRAME_INTERVAL_MS));
+  };
+  loop();
+  $("download").addEventListener("click", (event) => {
+    event.preventDefault();
+    if ($("download").getAttribute("aria-disabled") === "true") return;
+    backend.download().catch((error) => toast(error.message || String(error), true));
+  }, true);
+  document.body.dataset.mode = "tab";
+  return backend;
+}
