@@ -11,14 +11,15 @@ ALPHA, few classes per device). Each virtual device is a `ShardDevice` (its samp
 every 5th of a class held out for federated evaluation) running the same ClientApp
 code as a real one. The report has, per round, the global head's accuracy on the test
 features (centralized evaluation by the ServerApp) and the devices' held-out accuracy,
-and `central_accuracy`: the bundle's head trained on all training samples with the
-same graphs and fit loop.
+and `elapsed` (seconds since the simulation started), and `central_accuracy`: the
+bundle's head trained on all training samples with the same graphs and fit loop.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,10 +109,12 @@ def simulate(bundle: str | os.PathLike, X: np.ndarray, labels: Sequence[str],
     labels, X = list(labels), np.asarray(X, np.float32)
     loaded = Bundle.load(bundle)
     X_test, test_labels = np.asarray(X_test, np.float32), list(test_labels)
+    started = time.monotonic()
 
-    def evaluate_fn(server_round, arrays, classes):
+    def evaluate_fn(server_round, arrays, classes):  # after each round: its wall time too
         loss, _, metrics = evaluate_head(loaded, arrays, classes, X_test, test_labels)
-        return loss, {"test_accuracy": metrics["accuracy"]}
+        return loss, {"test_accuracy": metrics["accuracy"],
+                      "elapsed": time.monotonic() - started}
 
     def device_for(context):
         rows = shards[int(context.node_config["partition-id"])]
