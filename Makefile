@@ -24,7 +24,7 @@ $(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio,text,dev]'
+	$(PY) -m pip install --progress-bar on -e '.[build,serve,cli,audio,text,fleet,dev]'
 	touch $@ $(RUN_STAMP)
 
 # System packages: installed with apt-get when run as root, else the exact command is
