@@ -32,7 +32,15 @@ from edgetune.inputs.image import prepare  # noqa: E402
 from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py
-from web_browser import NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
+from web_browser import (  # noqa: E402
+    CHROMIUM,
+    FLAGS,
+    NO_CHROMIUM,
+    browser,
+    has_chromium,
+    page_of,
+    running,
+)
 
 sys.path.pop(0)
 
@@ -248,8 +256,7 @@ def test_a_browser_killed_mid_training_leaves_a_profile_that_opens(bundles, larg
     user_data = tmp_path / "u"
     with running(bundles["adam"], tmp_path / "server") as (server, _):
         ctx = pw.chromium.launch_persistent_context(
-            str(user_data), executable_path=browser.__globals__["CHROMIUM"], headless=True,
-            args=browser.__globals__["FLAGS"])
+            str(user_data), executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = page_of(ctx, [])
         page.goto(server.url + "?mode=server")
         js(page, RECORD + """
@@ -257,7 +264,9 @@ def test_a_browser_killed_mid_training_leaves_a_profile_that_opens(bundles, larg
             p.fit({ epochs: 100000, earlyStop: false, lr: 0.001,
                     onEpoch: () => { window.epochs += 1; } });
         """, arg)
-        page.wait_for_function("window.epochs > 200", timeout=60_000)
+        deadline = time.monotonic() + 60  # (wait_for_function evaluates a string: CSP)
+        while page.evaluate("() => window.epochs") < 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         pids = _browser_pids(user_data)
         assert pids
         for pid in pids:
