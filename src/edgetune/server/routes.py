@@ -19,6 +19,8 @@
                                    "lr": 0.01}  train in the background (all optional)
     POST   /api/train/stop
     GET    /api/model.onnx        the personalized model (standalone ONNX, classes in metadata)
+    GET    /bundle/..., /static/ort/...   the bundle read-only and onnxruntime-web, for the
+                                   page in the tab (server/tab_files.py)
 
 ``epochs`` defaults to :data:`edgetune.defaults.EPOCHS` (an upper bound: training stops
 early on a plateau unless ``early_stop`` is false).
