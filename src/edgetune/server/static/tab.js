@@ -33,9 +33,14 @@ export async function chooseBackend() {
   return { mode: "tab" };
 }
 
-function samplesOf(p) {
-  return p.samples().map((s) => ({ id: s.id, label: s.label, created_at: s.created / 1000,
-    source: "tab", thumbnail: s.thumbnail }));
+/** GET /api/samples in the tab: each sample's thumbnail as a blob: URL (`thumbnail_url`;
+ * the server's is /api/samples/ID/thumbnail.jpg), made once per sample. */
+function samplesOf(p, urls) {
+  return p.samples().map((s) => {
+    if (s.thumbnail && !urls.has(s.id)) urls.set(s.id, URL.createObjectURL(s.thumbnail));
+    return { id: s.id, label: s.label, created_at: s.created / 1000, source: "tab",
+      thumbnail_url: urls.get(s.id) ?? null };
+  });
 }
 
 /** The tab's backend: `api(method, url, body)` like the server's, messages to `handle`. */
@@ -109,7 +114,7 @@ export class TabBackend {
     }
     if (path === "/api/samples" && method === "GET") {
       const wanted = q.get("label");
-      return { samples: samplesOf(p).filter((s) => wanted === null || s.label === wanted) };
+      return { samples: samplesOf(p, this.thumbUrls).filter((s) => wanted === null || s.label === wanted) };
     }
     if (path === "/api/samples" && method === "POST") return this.addFiles(body);
     if (path === "/api/samples/last" && method === "DELETE") {
