@@ -77,3 +77,14 @@ def test_the_page_is_cross_origin_isolated_and_may_compile_wasm(client):
     script_src = next(d for d in headers["content-security-policy"].split(";")
                       if d.strip().startswith("script-src"))
     assert "'wasm-unsafe-eval'" in script_src and "'unsafe-eval'" not in script_src
+
+
+def test_without_onnxruntime_web_the_route_says_how_to_install_it(client, monkeypatch, tmp_path):
+    """No npm when it was installed: 404 naming the fix (the page then keeps the server
+    mode and shows why: tab.js chooseBackend)."""
+    from edgetune.server import tab_files
+
+    monkeypatch.setattr(tab_files, "ORT_DIR", tmp_path / "missing")
+    r = client.get("/static/ort/ort.wasm.min.mjs")
+    assert r.status_code == 404 and r.json()["code"] == "ort_missing"
+    assert "npm" in r.json()["error"]
