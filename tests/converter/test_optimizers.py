@@ -13,6 +13,7 @@ from edgetune.converter.losses import (
     BinaryCrossEntropyWithLogits,
     MeanSquaredError,
     MultiClassHinge,
+    OneVsRestHinge,
     SoftmaxCrossEntropy,
 )
 from edgetune.converter.optimizers import SGD, Adam, AdamW, Momentum
@@ -89,6 +90,11 @@ LOSSES = [
     ("hinge-margin", MultiClassHinge(margin=0.5), lambda z, t: F.multi_margin_loss(z, t,
                                                                                    margin=0.5)),
     ("hinge-squared", MultiClassHinge(p=2), lambda z, t: F.multi_margin_loss(z, t, p=2)),
+    # LinearSVC's loss: each class a binary SVM with targets +1 / -1
+    ("ovr-hinge", OneVsRestHinge(),
+     lambda z, t: (F.relu(1 - (2 * F.one_hot(t, 10) - 1) * z) ** 2).sum(1).mean()),
+    ("ovr-hinge-p1", OneVsRestHinge(margin=0.5, p=1),
+     lambda z, t: F.relu(0.5 - (2 * F.one_hot(t, 10) - 1) * z).sum(1).mean()),
     ("mse", MeanSquaredError(), lambda z, t: F.mse_loss(z, F.one_hot(t, 10).float())),
     ("bce", BinaryCrossEntropyWithLogits(),
      lambda z, t: F.binary_cross_entropy_with_logits(z, F.one_hot(t, 10).float())),
@@ -118,6 +124,7 @@ def test_loss_and_its_gradient_match_torch(digits, name, loss, torch_loss):
 
 @pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(class_weights=CLASS_WEIGHTS,
                                                       label_smoothing=0.1), MultiClassHinge(),
+                                  OneVsRestHinge(),
                                   MeanSquaredError(), BinaryCrossEntropyWithLogits()],
                          ids=lambda loss: type(loss).__name__)
 def test_zero_sample_weight_masks_a_row(digits, loss):

@@ -25,7 +25,7 @@ from edgetune.converter.optimizers import SGD, Adam
 
 
 def test_loss_names():
-    assert set(LOSSES) >= {"cross-entropy", "hinge", "mse", "bce"}
+    assert set(LOSSES) >= {"cross-entropy", "hinge", "ovr-hinge", "mse", "bce"}
     assert isinstance(resolve_loss("cross-entropy"), SoftmaxCrossEntropy)
     assert isinstance(resolve_loss("softmax-cross-entropy"), SoftmaxCrossEntropy)
     assert isinstance(resolve_loss("cross_entropy"), SoftmaxCrossEntropy)
@@ -34,7 +34,7 @@ def test_loss_names():
     assert isinstance(resolve_loss("bce"), BinaryCrossEntropyWithLogits)
     loss = MultiClassHinge(margin=2.0)
     assert resolve_loss(loss) is loss and resolve_loss(None) is None
-    with pytest.raises(ValueError, match="cross-entropy, hinge, mse, bce"):
+    with pytest.raises(ValueError, match="cross-entropy, hinge, ovr-hinge, mse, bce"):
         resolve_loss("focal")
 
 
@@ -60,6 +60,27 @@ def test_optimizer_defaults():
     assert resolve_optimizer("sgd", None, None, "last:1") == SGD()
     assert resolve_optimizer("adam", None, None, "bias:1") == Adam()
     assert resolve_optimizer("sgd", 0.1, 0.01) == SGD(lr=0.1, weight_decay=0.01)
+    # a head's own measured rates win over HEAD_LR for the optimizers it names
+    assert resolve_optimizer("adam", None, None, "head", {"adam": 1e-3}) == Adam(lr=1e-3)
+    assert resolve_optimizer("sgd", None, None, "head", {"adam": 1e-3}) == SGD(
+        lr=defaults.HEAD_LR["sgd"])
+    assert resolve_optimizer("adam", None, None, "last:1", {"adam": 1e-3}) == Adam()
+
+
+def test_each_head_has_its_measured_defaults(tmp_path):
+    """bench/head_accuracy.py: the svm head is the squared hinge with L2 0.03 under Adam
+    at 1e-3, the mlp head Adam at 3e-3; what the user names wins; deeper training
+    (last:K) gets no head L2."""
+    base = tiny_base(tmp_path / "tiny.onnx")
+    svm = convert(base, "svm").manifest
+    assert svm["loss"] == MultiClassHinge(p=2).config()
+    assert svm["optimizer"] == Adam(lr=1e-3).config() and svm["l2"] == 0.03
+    assert convert(base, "svm", "sgd", l2=0.0, lr=0.2).manifest["l2"] == 0.0
+    assert convert(base, "mlp:8").manifest["optimizer"] == Adam(lr=3e-3).config()
+    assert convert(base, "mlp:8").manifest["l2"] == 0.0
+    softmax = convert(base, "softmax").manifest
+    assert softmax["optimizer"] == Adam(lr=defaults.HEAD_LR["adam"]).config()
+    assert softmax["l2"] == 0.0
 
 
 def test_convert_takes_a_loss_by_name_and_names_the_class_columns(tmp_path):
@@ -81,7 +102,7 @@ def test_convert_takes_a_loss_by_name_and_names_the_class_columns(tmp_path):
     assert (mlp["classes"]["weight"], mlp["classes"]["bias"]) == ("head.weight", "head.bias")
     assert {p["name"] for p in mlp["params"]} >= {"hidden.weight", "head.weight"}
 
-    with pytest.raises(ValueError, match="cross-entropy, hinge, mse, bce"):
+    with pytest.raises(ValueError, match="cross-entropy, hinge, ovr-hinge, mse, bce"):
         convert(base, SoftmaxClassifier(3), "adam", loss="nope")
 
 

@@ -114,15 +114,17 @@ def add_commands(add) -> None:
     p.add_argument("--classes", type=options.classes, default=2,
                    help="initial number of classes (more can be added later)")
     p.add_argument("--optimizer", help=f"sgd | momentum | adam | adamw (default: "
-                   f"{defaults.OPTIMIZER}; sgd for the svm head)")
+                   f"{defaults.OPTIMIZER})")
     p.add_argument("--lr", type=options.lr, help="learning rate (default: for a head 0.01 "
-                   "with Adam or AdamW, 0.1 with SGD or momentum; else the optimizer's own)")
+                   "with Adam or AdamW (mlp 0.003, svm 0.001), 0.1 with SGD or momentum; "
+                   "else the optimizer's own)")
     p.add_argument("--loss", help="the loss by name, e.g. cross-entropy or hinge (default: "
                    "the head's own; an unknown name lists the choices)")
     p.add_argument("--weight-decay", type=options.non_negative("weight decay"),
                    help="weight decay of adamw (default: the optimizer's)")
-    p.add_argument("--l2", type=options.non_negative("l2"), default=0.0,
-                   help="L2 regularization in the loss")
+    p.add_argument("--l2", type=options.non_negative("l2"),
+                   help="L2 regularization in the loss (default: 0.03 for the svm head "
+                   "trained alone, else 0)")
     p.add_argument("--train", "--trainable", dest="train", default="head",
                    help="what trains: head | last:K | bias:K (the API's trainable=)")
     p.add_argument("--quantize", metavar="CALIB_DIR",

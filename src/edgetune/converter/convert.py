@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,10 +101,12 @@ def resolve_head(head: Head | str | os.PathLike | None, classes: int | None) -> 
 
 
 def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
-                      weight_decay: float | None, trainable: str = "head") -> Optimizer:
+                      weight_decay: float | None, trainable: str = "head",
+                      head_lrs: Mapping[str, float] | None = None) -> Optimizer:
     """An Optimizer from an object or a name of OPTIMIZERS (none: `defaults.OPTIMIZER`).
-    Without `lr`, a head trains at `defaults.HEAD_LR` (measured to converge), deeper
-    training at the optimizer's own default."""
+    Without `lr`, a head trains at the head's own `head_lrs` (Head.default_lrs), else at
+    `defaults.HEAD_LR` (measured to converge); deeper training at the optimizer's own
+    default."""
     if isinstance(optimizer, Optimizer):
         return optimizer
     name = optimizer or defaults.OPTIMIZER
@@ -112,8 +115,10 @@ def resolve_optimizer(optimizer: Optimizer | str | None, lr: float | None,
     kwargs = {}
     if lr is not None:
         kwargs["lr"] = check_lr(lr)
-    elif str(trainable) == "head" and name in defaults.HEAD_LR:
-        kwargs["lr"] = defaults.HEAD_LR[name]
+    elif str(trainable) == "head":
+        measured = {**defaults.HEAD_LR, **(head_lrs or {})}
+        if name in measured:
+            kwargs["lr"] = measured[name]
     if weight_decay is not None:
         kwargs["weight_decay"] = check_non_negative(weight_decay, "weight decay")
     return OPTIMIZERS[name](**kwargs)
@@ -241,7 +246,7 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             optimizer: Optimizer | str | None = None, *, loss: Loss | str | None = None,
             trainable: str | Trainable = "head", cut: str | None = None,
             classes: int | None = None, lr: float | None = None,
-            weight_decay: float | None = None, l2: float = 0.0,
+            weight_decay: float | None = None, l2: float | None = None,
             quantize: str | os.PathLike | None = None,
             cache_dir: str | os.PathLike | None = None, preprocess=None,
             input_size: tuple[int, int] | int | None = None,
@@ -271,12 +276,16 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     mode = Trainable.parse(trainable)
     if classes is not None:
         classes = check_classes(classes)
-    l2 = check_non_negative(l2, "l2")
+    if l2 is not None:
+        l2 = check_non_negative(l2, "l2")
     loss = resolve_loss(loss)
     head = resolve_head(head, classes)
     if optimizer is None and isinstance(head, Head):
         optimizer = head.default_optimizer
-    optimizer = resolve_optimizer(optimizer, lr, weight_decay, str(mode))
+    optimizer = resolve_optimizer(optimizer, lr, weight_decay, str(mode),
+                                  head.default_lrs if isinstance(head, Head) else None)
+    if l2 is None:  # the head's own, for training the head alone
+        l2 = head.default_l2 if isinstance(head, Head) and mode.mode == "head" else 0.0
     text_base = None if isinstance(base, onnx.ModelProto) else TEXT_ZOO.get(os.fspath(base))
     text_split = None
     if text_base is not None:

@@ -150,6 +150,27 @@ class MultiClassHinge(Loss):
 
 
 @dataclass
+class OneVsRestHinge(Loss):
+    """One-vs-rest hinge, as scikit-learn's LinearSVC: each class is its own binary SVM
+    (targets +1 for the row's class, -1 for the others); mean over rows of
+    sum_c max(0, margin - t_c x_c)^p. p=2 (squared hinge, LinearSVC's default) is smooth."""
+
+    margin: float = 1.0
+    p: int = 2
+
+    def __post_init__(self):
+        if self.p not in (1, 2):
+            raise ValueError(f"OneVsRestHinge p is {self.p!r}; it must be 1 or 2")
+
+    def __call__(self, b, logits, labels, sample_weight):
+        signs = _one_hot(b, logits, labels) * 2.0 - 1.0
+        violations = b.Relu(self.margin - signs * logits)
+        if self.p == 2:
+            violations = violations * violations
+        return _weighted_mean(b, b.ReduceSum(violations, b.ints([1]), keepdims=0), sample_weight)
+
+
+@dataclass
 class MeanSquaredError(Loss):
     """Mean squared error between the outputs and one-hot targets."""
 
@@ -178,7 +199,8 @@ class BinaryCrossEntropyWithLogits(Loss):
 
 #: CLI names -> loss classes (``--loss cross-entropy|hinge|mse|bce``).
 LOSSES: dict[str, type[Loss]] = {"cross-entropy": SoftmaxCrossEntropy, "hinge": MultiClassHinge,
-                                 "mse": MeanSquaredError, "bce": BinaryCrossEntropyWithLogits}
+                                 "ovr-hinge": OneVsRestHinge, "mse": MeanSquaredError,
+                                 "bce": BinaryCrossEntropyWithLogits}
 _ALIASES = {"softmax-cross-entropy": "cross-entropy", "ce": "cross-entropy",
             "multi-class-hinge": "hinge", "binary-cross-entropy": "bce"}
 

@@ -59,6 +59,17 @@ def _hinge(config: Mapping) -> RowLoss:
     return rows
 
 
+def _one_vs_rest_hinge(config: Mapping) -> RowLoss:
+    margin = float(config.get("margin", 1.0))
+    power = int(config.get("p", 2))
+
+    def rows(logits, y):
+        signs = 2.0 * _one_hot(y, logits.shape[1]) - 1.0
+        return (np.maximum(0.0, margin - signs * logits) ** power).sum(axis=1)
+
+    return rows
+
+
 def _squared_error(config: Mapping) -> RowLoss:
     return lambda logits, y: ((logits - _one_hot(y, logits.shape[1])) ** 2).mean(axis=1)
 
@@ -75,6 +86,7 @@ def _binary_cross_entropy(config: Mapping) -> RowLoss:
 _LOSSES: dict[str, Callable[[Mapping], RowLoss]] = {
     "SoftmaxCrossEntropy": _cross_entropy,
     "MultiClassHinge": _hinge,
+    "OneVsRestHinge": _one_vs_rest_hinge,
     "MeanSquaredError": _squared_error,
     "BinaryCrossEntropyWithLogits": _binary_cross_entropy,
 }
