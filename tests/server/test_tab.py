@@ -267,6 +267,12 @@ def test_a_browser_killed_mid_training_leaves_a_profile_that_opens(bundles, larg
         deadline = time.monotonic() + 60  # (wait_for_function evaluates a string: CSP)
         while page.evaluate("() => window.epochs") < 200 and time.monotonic() < deadline:
             time.sleep(0.1)
+        during = js(page, """  // predict() answers while the worker trains
+            const data = new ImageData(Uint8ClampedArray.from(arg.probe), arg.w, arg.h);
+            const result = await window.tabProfile.predict(data);
+            return [window.tabProfile.isTraining, result.source, window.epochs];
+        """, arg)
+        assert during[0] and during[1] == "head" and during[2] >= 200, during
         pids = _browser_pids(user_data)
         assert pids
         for pid in pids:
