@@ -299,3 +299,52 @@ def test_a_browser_killed_mid_training_leaves_a_profile_that_opens(bundles, larg
     assert state["prediction"]["source"] == "head"
     assert len(state["thumbs"]) == 18
     assert again == "kept"
+
+
+def test_rename_remove_and_classes_added_after_training(bundles, data, pw, tmp_path):
+    """A renamed class keeps its samples and its trained column (same scores under the
+    new name, after a reload too); a class added after training starts at its class
+    mean and is predicted at once; removing a sample or a class is kept."""
+    images, y, _ = data
+    with running(bundles["adam"], tmp_path / "server") as (server, served), \
+            browser(pw, user_data=tmp_path / "u") as ctx:
+        X = served.features(list(images))
+        page = page_of(ctx, errors := [])
+        page.goto(server.url + "?mode=server")
+        arg = {"X": X.tolist(), "labels": [CLASSES[i] for i in y]}
+        first = js(page, """
+            const p = await Personalizer.open("/bundle/", { profile: "classes" });
+            const add = (i) => p.addFeatures(Float32Array.from(arg.X[i]), [arg.labels[i]]);
+            const rows = (keep) => arg.labels.map((l, i) => i).filter((i) => keep(arg.labels[i]));
+            for (const i of rows((l) => l !== "rocket")) await add(i);
+            await p.fit({ epochs: 20 });
+            const probe = Float32Array.from(arg.X[0]);
+            const before = (await p.predictFeatures(probe))[0];
+            await p.renameClass("chelsea", "cat");
+            const renamed = (await p.predictFeatures(probe))[0];
+            const rockets = rows((l) => l === "rocket");
+            for (const i of rockets) await add(i);
+            const rocket = (await p.predictFeatures(Float32Array.from(arg.X[rockets[0]])))[0];
+            const last = p.samples().filter((s) => s.label === "coffee").at(-1).id;
+            await p.removeSample(last);
+            return { before, renamed, rocket, counts: p.counts(), trained: p.trained };
+        """, arg)
+        page.reload()
+        after = js(page, """
+            const p = await Personalizer.open("/bundle/", { profile: "classes" });
+            const renamed = (await p.predictFeatures(Float32Array.from(arg.X[0])))[0];
+            await p.removeClass("coffee");
+            const counts = p.counts();
+            const p2 = await Personalizer.open("/bundle/", { profile: "classes" });
+            return { renamed, counts, reopened: p2.counts(), classes: p2.classes() };
+        """, arg)
+        assert not errors
+    assert first["trained"]
+    assert first["before"]["label"] == "chelsea" and first["renamed"]["label"] == "cat"
+    assert abs(first["renamed"]["scores"]["cat"] - first["before"]["scores"]["chelsea"]) < 1e-6
+    assert first["rocket"]["label"] == "rocket"  # imprinted: predicted before any training
+    assert first["counts"] == {"cat": 10, "coffee": 9, "rocket": 10}
+    assert after["renamed"]["label"] == "cat"
+    assert abs(after["renamed"]["scores"]["cat"] - first["renamed"]["scores"]["cat"]) < 1e-3
+    assert after["counts"] == after["reopened"] == {"cat": 10, "rocket": 10}
+    assert after["classes"] == ["cat", "rocket"]

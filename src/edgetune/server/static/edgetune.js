@@ -250,6 +250,7 @@ export class Personalizer {
     this._classes = classes;
     this._columns = this._columns.map((c) => (c === from ? to : c));
     this._fitting?.renames.push([from, to]);
+    this._publish();
     this._changed();
   }
 
