@@ -335,7 +335,8 @@ def section(acc: dict, pers: dict, n_texts: int, elapsed: float) -> str:
            "does not help on every draw")
         + ": " + ", ".join(f"{statistics.mean(paired[s]):+.3f} at {s} per topic"
                            for s in SIZES)
-        + " against the softmax head on the same draws, at about 300x the training time.",
+        + " against the softmax head on the same draws, for minutes of training instead "
+        "of a fraction of a second.",
         "",
         "**SetFit's published anchors.** SetFit (Tunstall et al., 2022) reports, with 8 "
         "examples per class, 88.5 accuracy on CR (customer-review sentiment, 2 classes) "
