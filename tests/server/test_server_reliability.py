@@ -10,7 +10,7 @@ port (the real protocol stack, not the in-process TestClient):
 - every size limit at its exact boundary (the limit passes, one byte more is refused);
 - HTTP bodies that lie about their Content-Length (shorter, longer then silent, longer
   then gone), malformed framing; silent, slow and non-reading clients next to a normal
-  one; connections beyond uvicorn's limit get 503 at once;
+  one (the connection limit and silent connections: test_server_connections.py);
 - `edgetune serve --host 0.0.0.0` without a token is refused by the real command,
   before anything binds;
 - 16 concurrent WebSocket clients predicting for a few seconds, idle and while training,
@@ -477,27 +477,6 @@ def test_silent_slow_and_non_reading_clients_do_not_hold_up_others(served, photo
             assert status_of(s.recv(4096)) == 408
     predicts(served, frames[0], "cat")
     assert not server_errors, [r.getMessage() for r in server_errors]
-
-
-def test_beyond_the_connection_limit_new_requests_get_503_at_once(served):
-    """uvicorn's limit_concurrency (64, in uvicorn_config_kwargs): the server sheds load
-    instead of queueing it, and serves again as soon as connections close."""
-    with contextlib.ExitStack() as stack:
-        for _ in range(64):
-            stack.enter_context(socket.create_connection(("127.0.0.1", served.port), 10))
-        deadline = time.monotonic() + 10  # the server registers them as it accepts them
-        while True:
-            t0 = time.monotonic()
-            status = get(served, "api/health")[0]
-            assert time.monotonic() - t0 < 5  # refused or answered at once, never queued
-            if status == 503 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert status == 503
-    deadline = time.monotonic() + 10
-    while get(served, "api/health")[0] != 200:
-        assert time.monotonic() < deadline, "the server did not recover"
-        time.sleep(0.1)
 
 
 # ----------------------------------------------------------------------- the command line

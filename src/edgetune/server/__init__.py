@@ -1,7 +1,7 @@
 """The teachable camera: a local web app that personalizes a model from the camera.
 
     edgetune serve [--bundle B | --audio] [--profile P] [--host 127.0.0.1] [--port 8321]
-                   [--token T]
+                   [--token T] [--tls-cert F --tls-key F]
     python -m edgetune.server            # the same command (what `make run` starts)
 
 A person opens the page, adds classes, holds a button per class to record samples from
@@ -31,7 +31,10 @@ Defaults:
 - host and port: :data:`edgetune.defaults.HOST` and :data:`~edgetune.defaults.PORT`
   (127.0.0.1:8321). Any other address than a loopback one is refused unless an access
   token is given (``--token`` or ``$EDGETUNE_TOKEN``); with a token every request
-  needs it (open ``http://HOST:PORT/?token=T`` once; the page keeps it in a cookie).
+  needs it (open ``https://HOST:PORT/?token=T`` once; the page keeps it in a cookie).
+- HTTPS: on a non-loopback address always (a phone's browser gives the camera only to a
+  secure page), with ``--tls-cert/--tls-key`` or a self-signed certificate made once
+  into ``cache_dir()/tls`` (``tls``); on loopback only with ``--tls-cert/--tls-key``.
 
 The package's modules:
 
@@ -39,7 +42,8 @@ The package's modules:
   ``options`` (the command's arguments), ``launch`` (:func:`serve`);
 - the web app (the ``serve`` extra: starlette, uvicorn, websockets, python-multipart):
   ``app`` (:func:`~edgetune.server.app.create_app`), ``routes``, ``live``, ``session``,
-  ``hub``, ``guard``, ``limits``, ``api``, ``testing``.
+  ``intake``, ``holdout``, ``hub``, ``guard``, ``limits``, ``connections``, ``api``,
+  ``testing``; ``tls`` (the ``cryptography`` package, also in the ``serve`` extra).
 
 This module imports no web framework.
 """

@@ -31,9 +31,9 @@ def check_bind(host: str, token: str | None) -> None:
             f"or use --host 127.0.0.1")
 
 
-def url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int, scheme: str = "http") -> str:
     """The address to open in a browser for a server bound to host:port."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}/"
+    return f"{scheme}://{shown}:{port}/"

@@ -153,7 +153,7 @@ class AccessToken:
         if in_query and scope["type"] == "http" and scope["path"] == "/":
             response = RedirectResponse("/", status_code=303)  # the page keeps it in a cookie
             response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict",
-                                path="/")
+                                path="/", secure=scope.get("scheme") == "https")
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
 

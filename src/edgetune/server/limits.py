@@ -15,9 +15,10 @@ class Limits:
     """Size limits: a frame over the WebSocket, an HTTP upload, any other HTTP body, and
     a text WebSocket message that is not a frame. body_timeout: seconds an HTTP body may
     stall (a client that sends less than its Content-Length gets 408, and its connection
-    is freed). model_runs: base-model runs at once (predictions, recorded frames,
-    uploads); each concurrent run holds its own activation memory, so this bounds the
-    server's memory however many clients send frames."""
+    is freed). first_request_timeout: seconds a new connection may take to send a complete
+    request head (edgetune.server.connections). model_runs: base-model runs at once
+    (predictions, recorded frames, uploads); each concurrent run holds its own activation
+    memory, so this bounds the server's memory however many clients send frames."""
 
     frame_bytes: int = 2 * 1024 * 1024
     upload_bytes: int = 20 * 1024 * 1024
@@ -26,6 +27,7 @@ class Limits:
     files_per_upload: int = 500
     body_timeout: float = 30.0
     model_runs: int = 3
+    first_request_timeout: float = 10.0
 
     @property
     def ws_max_size(self) -> int:
@@ -35,10 +37,15 @@ class Limits:
 
 
 def uvicorn_config_kwargs(limits: Limits | None = None) -> dict:
-    """Settings for uvicorn.Config that go with this app."""
+    """Settings for uvicorn.Config that go with this app: at most 64 connections, and
+    connections that send no request are closed (edgetune.server.connections)."""
+    from edgetune.server.connections import BoundedH11Protocol
+
     limits = limits or Limits()
+    protocol = type("BoundedH11Protocol", (BoundedH11Protocol,),
+                    {"first_request_timeout": limits.first_request_timeout})
     return {"ws_max_size": limits.ws_max_size, "limit_concurrency": 64,
-            "timeout_keep_alive": 5, "server_header": False}
+            "timeout_keep_alive": 5, "server_header": False, "http": protocol}
 
 
 def size_text(n: int) -> str:

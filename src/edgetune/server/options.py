@@ -21,8 +21,8 @@ __all__ = ["add_serve_arguments", "main", "run_from_args"]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add --bundle, --base/--audio, --profile, --host, --port and --token (help texts
-    show defaults)."""
+    """Add --bundle, --base/--audio, --profile, --host, --port, --token and
+    --tls-cert/--tls-key (help texts show defaults)."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--bundle", help="bundle to personalize (default: the profile's own "
                         "copy, else the default bundle of --base, built once into the "
@@ -47,6 +47,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--token", default=os.environ.get("EDGETUNE_TOKEN"),
                         help="access token every request must carry (default: "
                         "$EDGETUNE_TOKEN); required to listen on a non-loopback address")
+    parser.add_argument("--tls-cert", metavar="FILE",
+                        help="serve HTTPS with this PEM certificate (with --tls-key). "
+                        "Default: plain HTTP on a loopback address; on any other address "
+                        "HTTPS with a self-signed certificate made once into "
+                        "$EDGETUNE_CACHE/tls (its SHA-256 fingerprint is printed: check it "
+                        "in the browser), since browsers give the camera only to https pages")
+    parser.add_argument("--tls-key", metavar="FILE",
+                        help="the certificate's unencrypted PEM private key (with --tls-cert)")
     return parser
 
 
@@ -55,7 +63,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     from edgetune.server.launch import serve
 
     return serve(bundle=args.bundle, profile=args.profile, host=args.host, port=args.port,
-                 token=args.token or None, base=getattr(args, "base", None))
+                 token=args.token or None, base=getattr(args, "base", None),
+                 tls_cert=args.tls_cert, tls_key=args.tls_key)
 
 
 def main(argv: list[str] | None = None) -> int:
