@@ -29,6 +29,7 @@ import numpy as np
 from edgetune.bundle import Bundle
 from edgetune.errors import BadInputError
 from edgetune.fleet.params import bundle_id, check_arrays, param_names
+from edgetune.runtime.columns import ClassColumns
 from edgetune.runtime.fitting import BundleProbe, Samples, fit_epochs
 from edgetune.runtime.trainer import GraphTrainer, bundle_session
 
@@ -68,6 +69,7 @@ class _Graphs:
         self.infer = bundle_session(bundle, "infer", 1, [p["infer_input"] for p in bundle.params])
         self.trainable = [p["train_input"] for p in bundle.params]
         self.probe = BundleProbe(bundle, self.infer, self.infer_io, self.trainable)
+        self.columns = ClassColumns(bundle)
 
     def values(self, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         values = {p["train_input"]: np.array(a, np.float32)
@@ -109,18 +111,26 @@ def train_head(bundle: Bundle, arrays: Sequence[np.ndarray], classes: Sequence[s
     """E local epochs from the global `arrays` on (X, labels) with the bundle's training
     graphs and the runtime's fit loop; rows of classes outside `classes` are skipped.
 
+    Only the columns of the classes this device has samples of are trained (a restricted
+    softmax); the others come back as they arrived. Training all columns on a device
+    that lacks most classes would push those classes down everywhere it has data, and
+    under label skew averaging such updates loses most of what each device learned.
+
     proximal_mu > 0 (FedProx): before each epoch after the first, the parameters take a
     proximal step towards the global ones, w <- g + (w - g) / (1 + lr * steps * mu),
     where steps is the epoch's number of mini-batches; the bundle's graphs stay as built.
     """
     check_arrays(bundle, arrays, classes)
     g = graphs_for(bundle)
-    keep, y = _indices(labels, classes)
+    present = set(labels)
+    local = [c for c in classes if c in present]
+    keep, y = _indices(labels, local)
     if not len(y):
         raise BadInputError("no training samples of the fleet's classes on this device")
     X = np.asarray(X, np.float32)[keep]
-    trainer = GraphTrainer.for_bundle(bundle, g.values(arrays), lr=lr, sessions=g.sessions)
-    start = {p["train_input"]: np.asarray(a, np.float32) for p, a in zip(bundle.params, arrays)}
+    values, _ = g.columns.remap(g.values(arrays), list(classes), local)
+    trainer = GraphTrainer.for_bundle(bundle, values, lr=lr, sessions=g.sessions)
+    start = {name: values[name].copy() for name in g.trainable}
     steps = -(-len(y) // min(32, len(y)))
 
     def follow(samples, trainer, best):
@@ -130,13 +140,24 @@ def train_head(bundle: Bundle, arrays: Sequence[np.ndarray], classes: Sequence[s
                 trainer.values[name] = g0 + (trainer.values[name] - g0) * shrink
         return samples, best
 
-    records = fit_epochs(trainer, Samples(X, y, list(classes)), epochs=epochs, probe=g.probe,
+    records = fit_epochs(trainer, Samples(X, y, local), epochs=epochs, probe=g.probe,
                          follow=follow, accept=lambda *a: None,
                          rng=np.random.default_rng(seed), stop=threading.Event(),
                          early_stop=False, trainable=g.trainable)
     kept = records[-1]
     losses = [r["loss"] for r in records if "loss" in r and "event" not in r]
-    return LocalResult([trainer.values[p["train_input"]] for p in bundle.params], int(len(y)),
+    where = [list(classes).index(c) for c in local]
+    out = []
+    for spec, value in zip(bundle.params, arrays):
+        axis = g.columns.axis[spec["train_input"]]
+        trained = trainer.values[spec["train_input"]]
+        if axis is None:
+            out.append(trained)
+            continue
+        merged = np.array(value, np.float32)
+        np.moveaxis(merged, axis, 0)[where] = np.moveaxis(trained, axis, 0)
+        out.append(merged)
+    return LocalResult(out, int(len(y)),
                        {"train_loss": float(losses[-1]) if losses else float("nan"),
                         "objective": float(kept["objective"]),
                         "rollbacks": sum(r.get("event") == "rollback" for r in records)})
