@@ -122,14 +122,16 @@ async def add_samples(request: Request) -> Response:
 
 
 async def list_samples(request: Request) -> Response:
-    """[{"id", "label", "created_at", "source"}], oldest first (``?label=N``: one class)."""
+    """[{"id", "label", "created_at", "source", "thumbnail_url"}], oldest first
+    (``?label=N``: one class)."""
     studio = _studio(request)
     wanted = request.query_params.get("label")
     if wanted is not None:
         wanted = label(wanted, "the label query parameter")
     samples = await run_in_threadpool(studio.p.samples)
     return JSONResponse({"samples": [
-        {"id": s.id, "label": s.label, "created_at": s.created_at, "source": s.source}
+        {"id": s.id, "label": s.label, "created_at": s.created_at, "source": s.source,
+         "thumbnail_url": f"/api/samples/{s.id}/thumbnail.jpg"}
         for s in samples if wanted is None or s.label == wanted]})
 
 

@@ -9,7 +9,7 @@ import { onListening, onScores, renderListen, sendListen, setListening,
          startAudioPage } from "./microphone.js";
 import { renderBarsFromState, renderPrediction } from "./predict.js";
 import { chooseBackend, startTab } from "./tab.js";
-import { addPoints, drawLoss, finishRun } from "./training.js";
+import { addPoints, drawLoss, finishRun, renderAccuracy, renderSettings } from "./training.js";
 import { $, api, app, plural, send, toast } from "./ui.js";
 
 // ------------------------------------------------------------------ connection
@@ -57,6 +57,7 @@ function handle(message) {
       app.run = message.run;
       app.points = [];
       $("train-log").textContent = `Training for up to ${plural(message.epochs, "epoch")}…`;
+      renderAccuracy(null);
       drawLoss();
       break;
     case "progress":
@@ -64,6 +65,9 @@ function handle(message) {
       break;
     case "training_done":
       finishRun(message.run);
+      break;
+    case "evaluation":
+      if (message.run === app.run) renderAccuracy(message.evaluation);
       break;
     case "listening":
       onListening(message);
@@ -147,9 +151,16 @@ export function renderTraining() {
   $("train").textContent = state.trained ? "Train again" : "Train";
   $("stop").hidden = !state.training;
   const download = $("download");
-  download.setAttribute("aria-disabled", state.trained ? "false" : "true");
-  download.tabIndex = state.trained ? 0 : -1;
-  $("download-hint").hidden = state.trained;
+  const untrained = state.untrained || [];
+  const ready = state.trained && !untrained.length;
+  download.setAttribute("aria-disabled", ready ? "false" : "true");
+  download.tabIndex = ready ? 0 : -1;
+  $("download-hint").hidden = ready;
+  $("download-hint").textContent = state.trained
+    ? `Train again first: ${untrained.join(", ")} ${untrained.length === 1 ? "was" : "were"} added after training.`
+    : "Train first to download the personalized model.";
+  renderSettings();
+  if (state.run && state.run.run === app.run) renderAccuracy(state.run.evaluation);
   if (state.last_error && !state.training) $("train-log").textContent = `Training failed: ${state.last_error}`;
 }
 

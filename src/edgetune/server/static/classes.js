@@ -48,6 +48,56 @@ export function updateCount(name, count) {
   const min = app.state ? app.state.min_samples : 0;
   node.textContent = plural(count, "sample") + (count < min ? ` · need ${min - count} more` : "");
   node.classList.toggle("low", count < min);
+  if (app.kind !== "audio" && card.dataset.count !== String(count)) {
+    card.dataset.count = String(count);
+    scheduleThumbs(name);
+  }
+}
+
+// ------------------------------------------------------------------ samples: thumbnails
+
+const THUMBS_SHOWN = 12;        // the newest ones; "Show all" lists every sample
+const thumbTimers = new Map();  // class name -> pending refresh (counts change 10x a second)
+
+function scheduleThumbs(name) {
+  clearTimeout(thumbTimers.get(name));
+  thumbTimers.set(name, setTimeout(() => loadThumbs(name), 250));
+}
+
+async function loadThumbs(name) {
+  if (!app.cards.has(name)) return;
+  const result = await api("GET", `/api/samples?label=${encodeURIComponent(name)}`);
+  const card = app.cards.get(name);
+  if (result && card) renderThumbs(card, name, result.samples);
+}
+
+function renderThumbs(card, name, samples) {
+  const list = card.querySelector(".thumbs");
+  const all = card.dataset.all === "1";
+  const shown = (all ? samples : samples.slice(-THUMBS_SHOWN)).reverse();  // newest first
+  const existing = new Map([...list.children].map((item) => [item.dataset.id, item]));
+  list.replaceChildren(...shown.map((s) => existing.get(String(s.id)) || thumbItem(name, s)));
+  const more = card.querySelector("button.more");
+  more.hidden = samples.length <= THUMBS_SHOWN;
+  more.textContent = all ? "Show fewer" : `Show all ${samples.length}`;
+}
+
+function thumbItem(name, sample) {
+  const img = el("img", { src: sample.thumbnail_url || `/api/samples/${sample.id}/thumbnail.jpg`,
+                          alt: `Sample ${sample.id} of ${name}`, width: 48, height: 48,
+                          loading: "lazy", decoding: "async" });
+  img.addEventListener("error", () => img.replaceWith(el("span", { class: "no-thumb", text: "?",
+                                                                   title: "No thumbnail kept for this sample" })));
+  const remove = el("button", { type: "button", class: "thumb-remove", text: "×",
+                                title: "Remove this sample",
+                                "aria-label": `Remove sample ${sample.id} of ${name}` });
+  remove.addEventListener("click", async () => {
+    remove.disabled = true;
+    const state = await api("DELETE", `/api/samples/${sample.id}`);
+    if (state) setState(state.state || state);
+    else remove.disabled = false;
+  });
+  return el("li", { class: "thumb", "data-id": String(sample.id) }, img, remove);
 }
 
 function classCard(name) {
@@ -82,7 +132,16 @@ function classCard(name) {
     timed.addEventListener("click", () => timedClip(name, timed, seconds));
     actions.insertBefore(timed, fileLabel);
   }
+  const thumbs = el("ul", { class: "thumbs", "aria-label": `Samples of ${name}, newest first` });
+  const more = el("button", { type: "button", class: "ghost more", hidden: true });
   const card = el("li", { class: "class-card", "data-name": name }, head, actions);
+  if (!audio) {
+    card.append(thumbs, more);
+    more.addEventListener("click", () => {
+      card.dataset.all = card.dataset.all === "1" ? "0" : "1";
+      loadThumbs(name);
+    });
+  }
 
   // hold to record: pointer (mouse, touch, pen) and keyboard (Space or Enter held down)
   record.addEventListener("pointerdown", (event) => {
@@ -170,33 +229,66 @@ function startRename(card, name, head, actions) {
   input.select();
 }
 
+// A photo larger than this (either side) is downscaled in the browser before it is sent:
+// the model sees 224 pixels, and the server refuses photos over 40 megapixels.
+const MAX_SIDE = 1024;
+const MAX_BYTES = 2 * 1024 * 1024;
+
+async function downscaled(file) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (e) {
+    return file;  // the browser cannot decode it: the server says what is wrong with it
+  }
+  const scale = Math.min(1, MAX_SIDE / Math.max(bitmap.width, bitmap.height));
+  if (scale === 1 && file.size <= MAX_BYTES) { bitmap.close(); return file; }
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  const context = canvas.getContext("2d");
+  context.imageSmoothingQuality = "high";
+  context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
+  return blob ? new File([blob], file.name, { type: "image/jpeg" }) : file;
+}
+
 async function uploadFiles(label, files) {
   const audio = app.kind === "audio";
-  const images = files.filter(audio ? isAudio : isImage);
-  if (!images.length) { toast(`Those are not ${audio ? "audio" : "image"} files.`, true); return; }
+  const chosen = files.filter(audio ? isAudio : isImage);
+  const skipped = files.filter((f) => !chosen.includes(f)).map((f) => `${f.name}: not ${audio ? "an audio" : "an image"} file`);
+  if (!chosen.length) { toast(`Those are not ${audio ? "audio" : "image"} files.`, true); return; }
+  const noun = audio ? "clip" : "image";
   let added = 0;
+  const failed = [...skipped];
   let batch = [];
   let size = 0;
   const flush = async () => {
-    if (!batch.length) return true;
+    if (!batch.length) return;
     const form = new FormData();
     form.append("label", label);
     for (const file of batch) form.append("files", file, file.name);
-    toast(`Adding ${plural(batch.length, audio ? "clip" : "image")} to ${label}…`);
-    const result = await api("POST", "/api/samples", form);
+    toast(`Adding ${plural(batch.length, noun)} to ${label}…`);
+    const names = batch.map((f) => f.name);
+    const result = await api("POST", "/api/samples", form);  // an error: api() says it
     batch = [];
     size = 0;
-    if (!result) return false;
+    if (!result) { failed.push(...names.map((n) => `${n}: not added`)); return; }
     added += result.added;
+    for (const file of result.files || []) if (file.error) failed.push(file.error);
     setState(result.state);
-    return true;
   };
-  for (const file of images) {
-    if (size + file.size > UPLOAD_CHUNK_BYTES && !(await flush())) return;
+  for (const original of chosen) {
+    const file = audio ? original : await downscaled(original);
+    if (size + file.size > UPLOAD_CHUNK_BYTES) await flush();
     batch.push(file);
     size += file.size;
   }
-  if (await flush()) toast(`Added ${plural(added, audio ? "clip" : "image")} to ${label}.`);
+  await flush();
+  const total = chosen.length + skipped.length;
+  if (!failed.length) toast(`Added ${plural(added, noun)} to ${label}.`);
+  else toast(`Added ${added} of ${plural(total, noun)} to ${label}. Not added: ${failed.join("; ")}`, true);
 }
 
 $("add-class").addEventListener("submit", async (event) => {

@@ -1,14 +1,81 @@
 // Training: the Train and Stop buttons, the download link, the loss curve.
 
 import { renderStatus, renderTraining, setState } from "./app.js";
-import { $, api, app, plural } from "./ui.js";
+import { $, api, app, colorOf, el, percent, plural } from "./ui.js";
 
-$("epochs").addEventListener("input", () => { $("epochs").dataset.edited = "1"; });
+// The settings as typed, checked here as the server checks them (edgetune.hyperparams):
+// {body} for POST /api/train, or {error} naming the field and the range.
+const WHOLE = /^\s*\d+\s*$/;
+export function readSettings() {
+  const limits = (app.state && app.state.settings) || { max_epochs: 10000, max_batch_size: 4096 };
+  const body = {};
+  const epochs = $("epochs").value.trim();
+  if (epochs !== "") {
+    const n = Number(epochs);
+    if (!WHOLE.test(epochs) || n < 1 || n > limits.max_epochs) {
+      return { error: `Epochs must be a whole number from 1 to ${limits.max_epochs} (got ${epochs}).`, field: "epochs" };
+    }
+    body.epochs = n;
+  }
+  const batch = $("batch-size").value.trim();
+  if (batch !== "") {
+    const n = Number(batch);
+    if (!WHOLE.test(batch) || n < 1 || n > limits.max_batch_size) {
+      return { error: `Batch size must be a whole number from 1 to ${limits.max_batch_size} (got ${batch}).`, field: "batch-size" };
+    }
+    body.batch_size = n;
+  }
+  const lr = $("lr").value.trim();
+  if (lr !== "") {
+    const x = Number(lr);
+    if (!Number.isFinite(x) || x <= 0) {
+      return { error: `Learning rate must be a number above 0, e.g. 0.01 (got ${lr}).`, field: "lr" };
+    }
+    body.lr = x;
+  }
+  body.early_stop = $("early-stop").checked;
+  return { body };
+}
+
+function showSettingsError(result) {
+  const box = $("settings-error");
+  for (const id of ["epochs", "batch-size", "lr"]) {
+    $(id).setAttribute("aria-invalid", result.field === id ? "true" : "false");
+  }
+  box.hidden = !result.error;
+  box.textContent = result.error || "";
+  if (result.field === "batch-size" || result.field === "lr") $("advanced").open = true;
+  return !result.error;
+}
+
+export function renderSettings() {
+  const defaults = app.state && app.state.settings;
+  if (!defaults) return;
+  for (const [id, value] of [["epochs", defaults.epochs], ["batch-size", defaults.batch_size], ["lr", defaults.lr]]) {
+    const input = $(id);
+    if (!input.dataset.edited) input.value = value;  // the server's default until the user types
+  }
+  $("epochs").max = defaults.max_epochs;
+  $("batch-size").max = defaults.max_batch_size;
+}
+
+for (const id of ["epochs", "batch-size", "lr"]) {
+  $(id).addEventListener("input", () => {
+    $(id).dataset.edited = "1";
+    if (!$("settings-error").hidden) showSettingsError(readSettings());
+  });
+}
+$("reset-settings").addEventListener("click", () => {
+  for (const id of ["epochs", "batch-size", "lr"]) delete $(id).dataset.edited;
+  $("early-stop").checked = true;
+  renderSettings();
+  showSettingsError({});
+});
 $("train").addEventListener("click", async () => {
-  const typed = parseInt($("epochs").value, 10);
-  $("train").disabled = true;  // no number typed: the server's default
-  const body = Number.isFinite(typed) ? { epochs: Math.max(1, Math.min(10000, typed)) } : {};
-  const state = await api("POST", "/api/train", body);
+  const settings = readSettings();
+  if (!showSettingsError(settings)) { $(settings.field).focus(); return; }
+  $("train").disabled = true;
+  const state = await api("POST", "/api/train", settings.body);
   if (state) setState(state);
   else if (app.state) renderTraining();
 });
@@ -45,6 +112,30 @@ export function finishRun(run) {
   else if (last) text = `Done: ${plural(last[0], "epoch")}, final loss ${Number(last[1]).toPrecision(3)}.`;
   else text = "Training stopped before the first epoch.";
   $("train-log").textContent = [text, ...notes].join(" ");
+  renderAccuracy(run.evaluation);
+}
+
+// Per-class accuracy on held-out samples (the server trains a copy of the head on the
+// rest after each run: holdout.py); null hides it.
+export function renderAccuracy(report) {
+  const box = $("accuracy");
+  box.hidden = !report;
+  if (!report) return;
+  const list = $("accuracy-list");
+  list.replaceChildren();
+  for (const [name, cls] of Object.entries(report.per_class)) {
+    const known = cls.accuracy !== null && cls.accuracy !== undefined;
+    const bar = el("li", { class: "bar", "data-name": name,
+                           "aria-label": `${name}: ${known ? `${cls.correct} of ${cls.n} right` : "no held-out sample"}` },
+      el("span", { class: "name", text: name, title: name }),
+      el("span", { class: "track", "aria-hidden": "true" }, el("span", { class: "fill" })),
+      el("span", { class: "pct", text: known ? `${cls.correct}/${cls.n}` : "–" }));
+    bar.style.setProperty("--swatch", colorOf(name));
+    bar.querySelector(".fill").style.width = known ? `${(100 * cls.accuracy).toFixed(1)}%` : "0";
+    list.append(bar);
+  }
+  $("accuracy-note").textContent = `${percent(report.accuracy)} of ${plural(report.n, "held-out sample")} ` +
+    `right, by a model trained the same way on the other ${plural(report.train, "sample")}.`;
 }
 
 function niceMax(value) {
