@@ -217,8 +217,11 @@ def test_an_upload_adds_the_good_files_and_names_the_bad_ones(default_bundle_pat
     with client_for(default_bundle_path, tmp_path / "p") as (client, p):
         client.post("/api/classes", json={"name": "cat"})
         tiny = jpeg(np.zeros((8, 8, 3), np.uint8))
-        files = [photos["cat"][0], b"this is not an image", tiny, photos["cat"][1]]
-        names = ["good1.jpg", "notes.jpg", "icon.jpg", "good2.jpg"]
+        huge = io.BytesIO()  # 41 megapixels, over the server's limit of 40
+        Image.new("RGB", (8000, 5125), "gray").save(huge, "PNG")
+        files = [photos["cat"][0], b"this is not an image", tiny, photos["cat"][1],
+                 huge.getvalue()]
+        names = ["good1.jpg", "notes.jpg", "icon.jpg", "good2.jpg", "huge.png"]
         answer = upload(client, "cat", files, names)
         assert answer.status_code == 200, answer.text
         result = answer.json()
@@ -227,6 +230,8 @@ def test_an_upload_adds_the_good_files_and_names_the_bad_ones(default_bundle_pat
         assert isinstance(by_name["good1.jpg"]["id"], int) and "error" not in by_name["good2.jpg"]
         assert by_name["notes.jpg"]["error"].startswith("notes.jpg: not a readable image")
         assert by_name["icon.jpg"]["error"].startswith("icon.jpg: image is 8x8")
+        assert by_name["huge.png"]["error"].startswith("huge.png: image is 8000x5125")
+        assert "max_pixels" not in by_name["huge.png"]["error"]
         for f in result["files"]:
             assert "bytes (" not in f.get("error", "")
         refused = upload(client, "cat", [b"junk", b""], ["a.png", "b.png"])

@@ -46,7 +46,10 @@ def thumbnail(pixels: np.ndarray) -> bytes:
 
 
 def _named(message: str, described: str, name: str) -> str:
-    """The preparer's message with the file's name instead of "image bytes (N bytes)"."""
+    """The preparer's message with the file's name instead of "image bytes (N bytes)",
+    and advice a person at the page can follow (not a Python argument)."""
+    message = message.replace("resize it first or raise max_pixels", "make it smaller "
+                              "(the page does so before uploading) and add it again")
     if described in message:
         return message.replace(described, name, 1)
     return f"{name}: {message}"
