@@ -348,3 +348,40 @@ def test_rename_remove_and_classes_added_after_training(bundles, data, pw, tmp_p
     assert abs(after["renamed"]["scores"]["cat"] - first["renamed"]["scores"]["cat"]) < 1e-3
     assert after["counts"] == after["reopened"] == {"cat": 10, "rocket": 10}
     assert after["classes"] == ["cat", "rocket"]
+
+
+def test_samples_and_classes_added_during_a_fit_join_it(bundles, data, pw, tmp_path):
+    """As in Python (fitting's follow): a class added while the worker trains gets a
+    column (imprinted) at the next epoch, and the fit goes on with all the samples."""
+    images, y, _ = data
+    with running(bundles["adam"], tmp_path / "server") as (server, served), \
+            browser(pw, user_data=tmp_path / "u") as ctx:
+        X = served.features(list(images))
+        page = page_of(ctx, errors := [])
+        page.goto(server.url + "?mode=server")
+        result = js(page, """
+            const p = await Personalizer.open("/bundle/", { profile: "follow" });
+            const add = (i) => p.addFeatures(Float32Array.from(arg.X[i]), [arg.labels[i]]);
+            const rows = (keep) => arg.labels.map((l, i) => i).filter((i) => keep(arg.labels[i]));
+            for (const i of rows((l) => l !== "rocket")) await add(i);
+            const sizes = [];
+            const fit = p.fit({ epochs: 1000000, earlyStop: false,
+                                onEpoch: (r) => { if (r.samples) sizes.push(r.samples); } });
+            const tick = () => new Promise((r) => setTimeout(r, 5));
+            const wait = async (ok) => { while (!ok()) await tick(); };
+            await wait(() => sizes.length >= 20);
+            for (const i of rows((l) => l === "rocket")) await add(i);
+            await wait(() => sizes.filter((n) => n === 30).length >= 20);
+            p.stop();
+            const records = await fit;
+            const seen = records.filter((r) => r.samples).map((r) => r.samples);
+            const rocket = rows((l) => l === "rocket").map((i) => arg.X[i]).flat();
+            const predicted = await p.predictFeatures(Float32Array.from(rocket), 10);
+            return { first: seen[0], last: seen.at(-1), kept: records.at(-1),
+                     labels: predicted.map((r) => r.label), classes: p.classes() };
+        """, {"X": X.tolist(), "labels": [CLASSES[i] for i in y]})
+        assert not errors
+    assert result["first"] == 20 and result["last"] == 30, result
+    assert result["kept"]["event"] == "kept" and result["kept"]["improved"]
+    assert result["classes"] == list(CLASSES)
+    assert result["labels"].count("rocket") >= 8, result["labels"]

@@ -119,6 +119,18 @@ function divergence(fit, reference, values, scale, trainable) {
   return null;
 }
 
+/** Let queued messages run (a MessageChannel task: no setTimeout clamping). */
+function yieldToEvents() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(0);
+  });
+}
+
 /** A seeded permutation (mulberry32 + Fisher-Yates): the order of an epoch. */
 export function permutation(n, random) {
   const order = Array.from({ length: n }, (_, i) => i);
@@ -172,6 +184,9 @@ export async function fitEpochs(trainer, samples, opts) {
   const scale = Object.fromEntries(Object.entries(best).map(([k, t]) => [k, t.data.reduce((m, v) => Math.max(m, Math.abs(v)), 0)]));
   const window = [];
   for (let epoch = 1; epoch <= epochs; epoch++) {
+    // onnxruntime-web's wasm runs resolve in microtasks: without a task boundary the
+    // worker would never see the page's messages (stop, new samples) during a fit.
+    await yieldToEvents();
     if (stopped()) {
       emit({ epoch: epoch - 1, event: "stopped", message: "stopped on request" });
       break;
