@@ -2,7 +2,8 @@
 scikit-learn's LogisticRegression and LinearSVC on the very same features.
 
 Three real datasets, each through the real EfficientNet-Lite0 base (the runtime's
-`prepare`, Lanczos, then the bundle's base graph; features computed once):
+`prepare`, Lanczos, then the bundle's base graph; features computed once per base
+graph and kept in the build cache, see cached_features):
 
 - digits: scikit-learn's 1797 handwritten digits, 8x8 scaled to 64x64 gray -> RGB;
   test: every digit not drawn for training;
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
+import io
 import shutil
 import statistics
 import tempfile
@@ -91,6 +94,35 @@ def datasets(per_class_pool: int = 60) -> dict:
     return out
 
 
+def cached_features(base_bytes: bytes, features) -> dict:
+    """name -> (X, y, X_test or None, y_test or None): the base's features of
+    `datasets()`, computed once per base graph (its sha256) and kept in the build cache
+    (edgetune.paths.cache_dir()/bench-features), since they take minutes."""
+    from edgetune.files import atomic_write
+    from edgetune.paths import cache_dir
+
+    folder = cache_dir() / "bench-features" / hashlib.sha256(base_bytes).hexdigest()[:16]
+    names = ("digits", "fashion", "photos")
+    if all((folder / f"{n}.npz").is_file() for n in names):
+        out = {}
+        for n in names:
+            with np.load(folder / f"{n}.npz") as f:
+                out[n] = (f["X"], f["y"], f["Xt"] if "Xt" in f.files else None,
+                          f["yt"] if "yt" in f.files else None)
+        return out
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, (pool, y, test, ty) in datasets().items():
+        out[name] = (features(pool), y, None if test is None else features(test), ty)
+        arrays = {"X": out[name][0], "y": y}
+        if test is not None:
+            arrays.update(Xt=out[name][2], yt=ty)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(folder / f"{name}.npz", buffer.getvalue())
+    return out
+
+
 def split(y: np.ndarray, k: int, seed: int, has_test: bool):
     rng = np.random.default_rng(seed)
     train = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:k] for c in np.unique(y)])
@@ -117,8 +149,8 @@ def main() -> None:
     try:
         bundles = {(h, o): convert("efficientnet-lite0", h, o, classes=2).save(
             tmp / f"{h.replace(':', '-')}-{o}.edgetune") for h in HEADS for o in OPTIMIZERS}
-        base = ort.InferenceSession(next(iter(bundles.values())).joinpath("base.onnx").read_bytes(),
-                                    providers=["CPUExecutionProvider"])
+        base_bytes = next(iter(bundles.values())).joinpath("base.onnx").read_bytes()
+        base = ort.InferenceSession(base_bytes, providers=["CPUExecutionProvider"])
 
         def features(images):
             return np.concatenate([base.run(["features"], {"image": np.stack(
@@ -126,11 +158,8 @@ def main() -> None:
                 for i in range(0, len(images), 16)])
 
         t0 = time.perf_counter()
-        data = {}
-        for name, (pool, y, test, ty) in datasets().items():
-            data[name] = (features(pool), y, None if test is None else features(test), ty)
-            print(f"{name}: features of {len(pool) + (len(test) if test else 0)} images "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        data = cached_features(base_bytes, features)
+        print(f"features ready ({time.perf_counter() - t0:.0f} s)", flush=True)
 
         scores: dict[tuple, list[float]] = {}
         for name, (X, y, Xt, yt) in data.items():
