@@ -115,9 +115,10 @@ def add_commands(add) -> None:
                    help="initial number of classes (more can be added later)")
     p.add_argument("--optimizer", help=f"sgd | momentum | adam | adamw (default: "
                    f"{defaults.OPTIMIZER})")
-    p.add_argument("--lr", type=options.lr, help="learning rate (default: for a head 0.01 "
-                   "with Adam or AdamW (mlp 0.003, svm 0.001), 0.1 with SGD or momentum; "
-                   "else the optimizer's own)")
+    p.add_argument("--lr", type=options.lr, help="learning rate (default, training a "
+                   "head: 0.01 with Adam or AdamW, 0.1 with SGD or momentum; the mlp head "
+                   "0.003 with Adam or AdamW; the svm head 0.001 with Adam, AdamW or "
+                   "momentum, 0.01 with SGD; else the optimizer's own)")
     p.add_argument("--loss", help="the loss by name, e.g. cross-entropy or hinge (default: "
                    "the head's own; an unknown name lists the choices)")
     p.add_argument("--weight-decay", type=options.non_negative("weight decay"),
