@@ -202,6 +202,7 @@ class ShardDevice:
                           proximal_mu=proximal_mu, seed=seed)
 
     def evaluate(self, arrays, classes) -> tuple[float, int, dict]:
+        _need_held_out(self.held)
         return evaluate_head(self.bundle, arrays, classes, self.X[self.held],
                              [lb for lb, h in zip(self.labels, self.held) if h])
 
@@ -256,5 +257,14 @@ class ProfileDevice:
                                    [lb for lb, h in zip(labels, held) if h])
             adopt_head(p, dict(zip(param_names(p.bundle), arrays)), classes)
             p.save()
+        _need_held_out(held)
         return result
+
+
+def _need_held_out(held: np.ndarray) -> None:
+    """A device without held-out samples answers evaluation with an error (Flower counts
+    it as a failure) rather than a score of nothing."""
+    if not held.any():
+        raise BadInputError(f"no held-out samples: a class needs {HOLDOUT_EVERY} samples "
+                            f"for one to be held out")
 
