@@ -24,6 +24,12 @@ def test_personalize_topics_through_the_api(tmp_path):
     try:
         p.add_samples([x for x, _ in train], [y for _, y in train])
         assert p.counts() == {t: text_data.PER_CLASS for t in text_data.TOPICS}
+        # before any training the class prototypes answer (from the first example on)
+        first = p.predict_many([x for x, _ in heldout])
+        assert {r["source"] for r in first} == {"prototypes"}
+        prototypes = float(np.mean([r["label"] == y for r, (_, y) in zip(first, heldout)]))
+        print(f"held-out accuracy of the prototypes: {prototypes:.3f}")
+        assert prototypes >= MIN_ACCURACY
         p.fit()
         predictions = p.predict_many([x for x, _ in heldout])
         accuracy = float(np.mean([r["label"] == y for r, (_, y) in zip(predictions, heldout)]))
