@@ -110,10 +110,18 @@ def test_eval_from_csv(trained, split, tmp_path, capsys):
     code, out, err = run(capsys, "eval", "--profile", profile, "--data", data, "--json")
     assert code == 0, err
     result = json.loads(out)
-    print(f"eval accuracy from CSV: {result['accuracy']:.3f} of {result['n']}")
     assert result["n"] == len(heldout[::4])
     assert result["accuracy"] >= MIN_ACCURACY
     assert set(result["per_class"]) == set(text_data.TOPICS)
+    # the same texts as JSONL: the same answer
+    jsonl = tmp_path / "test.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                             for t, y in heldout[::4]), encoding="utf-8")
+    code, out, err = run(capsys, "eval", "--profile", profile, "--data", jsonl, "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == result["accuracy"]
+    assert json.loads(out)["n"] == result["n"]
+    print(f"eval accuracy from CSV: {result['accuracy']:.3f} of {result['n']}")
 
 
 def test_predict_text_and_stdin(trained, capsys):
