@@ -259,3 +259,80 @@ def test_no_camera_upload_files_train_and_predict_a_file(pw, default_bundle_path
         assert personalizer.counts() == {"astronaut": 5, "spaceship": 5}
     assert not errors, errors
     assert time.monotonic() - t0 < 60
+
+
+def test_upload_review_and_delete_samples_settings_and_held_out_accuracy(pw, default_bundle_path,
+                                                                         tmp_path):
+    """Server mode, no camera: a batch with a bad file and a 42-megapixel photo (over the
+    server's 40-megapixel limit: the page downscales it first) adds the good ones and
+    names the bad one; thumbnails show, one sample is deleted; bad settings are refused
+    on the page; training shows per-class accuracy on held-out samples; a class added
+    after training holds Download back."""
+    files = {}
+    for i, name in enumerate(("astronaut", "rocket", "coffee")):
+        files[name] = []
+        for j, image in enumerate(crops(photo(name), 5, (224, 224), seed=30 + i)):
+            path = tmp_path / f"{name}-{j}.jpg"
+            Image.fromarray(image).save(path)
+            files[name].append(str(path))
+    huge = tmp_path / "huge-rocket.jpg"
+    Image.fromarray(photo("rocket")).resize((7500, 5600)).save(huge, quality=80)
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"shopping list: milk, eggs")
+
+    errors: list[str] = []
+    with running(default_bundle_path, tmp_path / "profile") as (server, personalizer), \
+            browser(pw, user_data=tmp_path / "ub") as context:
+        page = page_of(context, errors)
+        page.goto(server.url + "?mode=server")
+        add_class(page, "astronaut")
+        add_class(page, "rocket")
+        page.get_by_label("Add image files to astronaut").set_input_files(files["astronaut"])
+        page.get_by_label("Add image files to rocket").set_input_files(
+            files["rocket"] + [str(bad), str(huge)])
+        toast = page.locator("#toast")
+        expect(toast).to_contain_text("Added 6 of 7 images to rocket", timeout=20_000)
+        expect(toast).to_contain_text("notes.jpg: not a readable image file")
+        rocket = page.locator("li.class-card[data-name='rocket']")
+        expect(rocket.locator(".count")).to_have_text("6 samples")
+        expect(rocket.locator(".thumbs img")).to_have_count(6)
+        page.wait_for_function("""() => [...document.querySelectorAll('.thumbs img')]
+                                  .every((img) => img.complete && img.naturalWidth === 96)""")
+        # remove one sample: the newest, the downscaled photo
+        newest = max(s.id for s in personalizer.samples())
+        page.get_by_role("button", name=f"Remove sample {newest} of rocket").click()
+        expect(rocket.locator(".count")).to_have_text("5 samples")
+        expect(rocket.locator(".thumbs img")).to_have_count(5)
+        assert newest not in [s.id for s in personalizer.samples()]
+
+        page.get_by_text("Advanced settings").click()
+        for field, value, words in (("#epochs", "2.5", "Epochs must be a whole number"),
+                                    ("#epochs", "0", "from 1 to 10000"),
+                                    ("#epochs", "99999", "from 1 to 10000"),
+                                    ("#lr", "-1", "Learning rate must be a number above 0"),
+                                    ("#batch-size", "0", "Batch size must be")):
+            if field != "#epochs":
+                page.locator("#epochs").fill("40")
+            page.locator(field).fill(value)
+            page.get_by_role("button", name="Train").click()
+            expect(page.locator("#settings-error")).to_contain_text(words)
+            expect(page.locator(field)).to_have_attribute("aria-invalid", "true")
+            page.locator(field).fill("")
+        assert not personalizer.is_training and not personalizer.trained
+        page.locator("#epochs").fill("40")
+        page.locator("#batch-size").fill("4")
+        page.locator("#lr").fill("0.005")
+        page.get_by_role("button", name="Train").click()
+        expect(page.locator("#settings-error")).to_be_hidden()
+        expect(page.locator("#status")).to_have_text("Trained", timeout=30_000)
+        expect(page.locator("#accuracy")).to_be_visible(timeout=30_000)
+        expect(page.locator("#accuracy-list li")).to_have_count(2)
+        expect(page.locator("#accuracy-note")).to_contain_text("of 2 held-out samples right")
+        expect(page.locator("#download")).to_have_attribute("aria-disabled", "false")
+
+        add_class(page, "coffee")
+        page.get_by_label("Add image files to coffee").set_input_files(files["coffee"])
+        expect(page.locator("#download")).to_have_attribute("aria-disabled", "true")
+        expect(page.locator("#download-hint")).to_contain_text("coffee was added after training")
+        expect(page.locator("#status")).to_have_text("Trained · new samples")
+    assert not errors, errors
