@@ -9,6 +9,10 @@ import pytest
 
 from edgetune.runtime.trainer import GraphTrainer
 
+# Fixtures of a test folder live in a plugin module there (a second conftest.py would
+# shadow this one, which tests import by name).
+pytest_plugins = ["fleet.fleet_data"]
+
 
 def pytest_sessionfinish(session, exitstatus):
     """`make test` sets EDGETUNE_REQUIRE_ALL=1: there a skipped test fails the run, since

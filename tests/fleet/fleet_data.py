@@ -1,5 +1,7 @@
 """Fleet fixtures: Fashion-MNIST features from the default base (EfficientNet-Lite0),
-computed once per session (and kept in the bases' cache)."""
+computed once per session (and kept in the bases' cache). A plugin of tests/conftest.py,
+not a conftest.py of its own: tests import `conftest` by name, and a second one would
+shadow it."""
 
 from __future__ import annotations
 
