@@ -16,9 +16,15 @@ evaluation; FedAvg, one local epoch per round. Reports:
 - the accuracy after ROUNDS rounds with SecAgg+ and with differential privacy
   (client-side clipping to C, server noise multiplier S) at two noise levels.
 
-Writes the section "Fleet: federated personalization" of BENCHMARKS.md.
+Then personalized federated learning: 10 devices (Dirichlet 0.5), each with its own test
+set drawn from the t10k features in its own label proportions, score the global head
+after ROUNDS rounds, a head trained on the device alone, and the global head fine-tuned
+on the device.
 
-    .venv/bin/python bench/fleet.py
+Writes the sections "Fleet: federated personalization" and "Fleet: global, local and
+global-then-local heads" of BENCHMARKS.md (--personal-only: only the second).
+
+    .venv/bin/python bench/fleet.py [--personal-only]
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ DATA = Path("/usr/share/datasets/fashion-mnist")
 NAMES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
          "bag", "boot")
 HEADING = "## Fleet: federated personalization"
+PERSONAL_HEADING = "## Fleet: global, local and global-then-local heads"
+PERSONAL_DEVICES = 10
+PERSONAL_TEST = 100  # test samples a device draws, in its own label proportions
+LOCAL_EPOCHS = 30  # a head trained on the device alone: as many epochs as the central one
+FINE_TUNE_EPOCHS = 5  # the global head fine-tuned on the device
 CLIP = 0.1  # DP clipping norm of a device's update (a round's update is ~0.2-1 here)
 
 
@@ -135,6 +146,92 @@ def last(report: dict) -> float:
     return [r["test_accuracy"] for r in report["rounds"] if r["round"] > 0][-1]
 
 
+def device_tests(labels: list[str], shards, test_labels: list[str],
+                 seed: int = 0) -> list[np.ndarray]:
+    """Each device's test rows: PERSONAL_TEST t10k rows drawn without replacement with
+    probability proportional to the device's share of their class (its label skew)."""
+    rng = np.random.default_rng(seed)
+    test = np.asarray(test_labels)
+    out = []
+    for rows in shards:
+        mine = [labels[i] for i in rows]
+        share = {c: mine.count(c) / len(mine) for c in set(mine)}
+        weight = np.array([share.get(c, 0.0) / (test == c).sum() for c in test])
+        out.append(np.sort(rng.choice(len(test), PERSONAL_TEST, replace=False,
+                                      p=weight / weight.sum())))
+    return out
+
+
+def personalization(bundle: str, data: dict, rounds: int) -> list[dict]:
+    """Per device: test accuracy of the global head, of a head trained on the device
+    alone (from the initial head), and of the global head fine-tuned on the device."""
+    from edgetune.bundle import Bundle
+    from edgetune.fleet.device import evaluate_head, train_head
+    from edgetune.fleet.params import initial_arrays
+    from edgetune.fleet.simulate import partition
+
+    loaded = Bundle.load(bundle)
+    shards = partition(data["labels"], PERSONAL_DEVICES, "dirichlet:0.5")
+    tests = device_tests(data["labels"], shards, data["test_labels"])
+    report = run(bundle, data, shards, rounds=rounds)
+    classes, global_arrays = report["classes"], report["arrays"]
+    initial = initial_arrays(loaded, classes)
+    out = []
+    for k, (rows, test) in enumerate(zip(shards, tests)):
+        X, y = data["X"][rows], [data["labels"][i] for i in rows]
+        X_t, y_t = data["X_test"][test], [data["test_labels"][i] for i in test]
+
+        def score(arrays, X_t=X_t, y_t=y_t):
+            return evaluate_head(loaded, arrays, classes, X_t, y_t)[2]["accuracy"]
+
+        local = train_head(loaded, initial, classes, X, y, epochs=LOCAL_EPOCHS, seed=k).arrays
+        tuned = train_head(loaded, global_arrays, classes, X, y, epochs=FINE_TUNE_EPOCHS,
+                           seed=k).arrays
+        out.append({"samples": len(rows), "classes": len(set(y)),
+                    "global": score(global_arrays), "local": score(local),
+                    "global+local": score(tuned)})
+        print(k, out[-1], flush=True)
+    return out
+
+
+def personal_section(devices: list[dict], rounds: int, args) -> str:
+    options = ("global", "local", "global+local")
+    best = [max(d[o] for o in options) for d in devices]
+    wins = {o: sum(d[o] == b for d, b in zip(devices, best)) for o in options}
+    names = {"global": f"global head after {rounds} rounds (FedAvg)",
+             "local": f"device alone ({LOCAL_EPOCHS} epochs from the initial head)",
+             "global+local": f"global head fine-tuned on the device ({FINE_TUNE_EPOCHS} "
+                             f"epochs)"}
+    lines = [PERSONAL_HEADING, "",
+             f"{machine('flwr', 'ray', 'onnxruntime')} {revision()}. Command: "
+             f"`.venv/bin/python bench/fleet.py --personal-only --rounds {rounds}`.", "",
+             f"Personalized federated learning: the same Fashion-MNIST features "
+             f"({args.per_class} training images a class) split over {len(devices)} devices "
+             f"by Dirichlet 0.5 ({min(d['samples'] for d in devices)}-"
+             f"{max(d['samples'] for d in devices)} samples and "
+             f"{min(d['classes'] for d in devices)}-{max(d['classes'] for d in devices)} "
+             f"classes a device). Each device's own test set: {PERSONAL_TEST} of the first "
+             f"{args.test} t10k images, drawn in the device's own label proportions. "
+             f"Local training (alone or fine-tuning) uses all of the device's samples and "
+             f"trains only the columns of its own classes (the restricted softmax of "
+             f"`edgetune.fleet.device.train_head`).", "",
+             "| head | mean test accuracy over devices | worst device | devices it wins "
+             "on (ties count for each) |", "|---|---|---|---|"]
+    for o in options:
+        scores = [d[o] for d in devices]
+        lines.append(f"| {names[o]} | {np.mean(scores):.3f} | {min(scores):.3f} | "
+                     f"{wins[o]} of {len(devices)} |")
+    mean = float(np.mean([d[o] for d in devices for o in options]))
+    lines += ["", f"A device's score counts {PERSONAL_TEST} images: its standard error is "
+              f"about {np.sqrt(mean * (1 - mean) / PERSONAL_TEST):.2f}, so a win by less is "
+              f"noise; the means over {len(devices)} devices are steadier.", "",
+              "Per device (samples, classes: global / local / global-then-local): " +
+              "; ".join(f"{d['samples']}, {d['classes']}: {d['global']:.2f} / "
+                        f"{d['local']:.2f} / {d['global+local']:.2f}" for d in devices) + ".",
+              ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=300, help="training images a class")
@@ -143,6 +240,8 @@ def main() -> None:
     parser.add_argument("--scale", default="10,100,1000", help="device counts to time")
     parser.add_argument("--scale-rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--personal-only", action="store_true",
+                        help="only the global / local / global-then-local comparison")
     args = parser.parse_args()
 
     from flwr.common import ndarray_to_bytes
@@ -157,6 +256,13 @@ def main() -> None:
     built = convert("efficientnet-lite0", "softmax", "adam", classes=10, cache_dir=cache)
     bundle = str(built.save(work / "fashion.edgetune"))
     data = features(bundle, args.per_class, args.test, cache)
+    personal = personal_section(personalization(bundle, data, args.rounds), args.rounds,
+                                args)
+    print(personal)
+    if not args.no_write:
+        write_section(BENCHMARKS, PERSONAL_HEADING, personal)
+    if args.personal_only:
+        return
     central = central_accuracy(bundle, data["X"], data["labels"], data["X_test"],
                                data["test_labels"])
     target = 0.95 * central
