@@ -1,9 +1,11 @@
 """Flower's simulation engine (Ray) over virtual devices made of Fashion-MNIST features
-from the default base: convergence under label skew, SecAgg+ and differential privacy."""
+from the default base: convergence under label skew, FedAdam and FedProx, SecAgg+ and
+differential privacy."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgetune.bundle import Bundle
 from edgetune.fleet.params import initial_arrays
@@ -76,3 +78,26 @@ def test_differential_privacy_clips_updates_and_adds_noise(fashion_bundle, fashi
     noise = noisy - clipped
     expected = 1.0 * clip / len(shards)
     assert 0.9 * expected < noise.std() < 1.1 * expected
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedprox"])
+def test_fedadam_and_fedprox_improve_the_global_head(fashion_bundle, fashion, strategy):
+    """Flower's FedAdam (server-side Adam on the averaged update) and FedProx (the device
+    pulls its parameters towards the global ones between local epochs, so 2 epochs) on 4
+    skewed devices: from the first round on, the global head scores far above the
+    initial head on the test features (measured: initial 0.09; FedAdam 0.75-0.78,
+    FedProx 0.79-0.82 over 3 rounds)."""
+    from edgetune.fleet.device import evaluate_head
+
+    loaded = Bundle.load(fashion_bundle)
+    shards = partition(fashion["labels"], 4, "dirichlet:0.5", seed=3)
+    report = _run(fashion_bundle, fashion, shards, rounds=3, strategy=strategy,
+                  local_epochs=2)
+    initial = initial_arrays(loaded, report["classes"])
+    before = evaluate_head(loaded, initial, report["classes"], fashion["X_test"],
+                           fashion["test_labels"])[2]["accuracy"]
+    curve = [r["test_accuracy"] for r in report["rounds"] if r["round"] > 0]
+    print(f"{strategy}: initial {before:.3f}; by round {[round(a, 3) for a in curve]}")
+    assert len(curve) == 3 and report["strategy"] == strategy
+    assert min(curve) >= before + 0.3
+    assert curve[-1] >= 0.5
