@@ -125,6 +125,7 @@ def test_three_devices_and_a_crash_federate_on_loopback(fashion_bundle, fashion,
     # Every surviving device ends with the same global head: the one in global.edgetune.
     glob = Bundle.load(tmp_path / "global.edgetune")
     classes = glob.manifest["fleet"]["classes"]
+    assert glob.manifest["classes"]["names"] == classes  # a new device takes them by name
     final = glob.initial_values()
     for profile in profiles[:3]:
         with Personalizer(profile=profile, read_only=True) as p:

@@ -141,3 +141,32 @@ def test_padded_names_are_canonical_everywhere(tiny, tmp_path):
         assert p.classes() == ["mug", "cup"]
         p.remove_class(" cup ")
         assert p.counts() == {"mug": 2}
+
+
+def test_a_bundle_that_names_its_columns_starts_them_by_name(tiny, tmp_path):
+    """A fleet's global bundle names its initial columns (classes.names): a new profile
+    takes each named class's column by name, in whatever order its classes come, and
+    starts only the classes the bundle does not name at their class means."""
+    bundle = Bundle.load(tiny)
+    init = bundle.manifest["init"]["file"]
+    rng = np.random.default_rng(3)
+    trained = {k: rng.standard_normal(v.shape).astype(np.float32)
+               for k, v in st.load(bundle.files[init]).items()}
+    bundle.files[init] = st.save(trained)
+    bundle.manifest["classes"]["names"] = CLASSES  # columns 0, 1, 2: red, blue, green
+    named = bundle.save(tmp_path / "global.edgetune")
+    X, labels = _features()
+    pick = [labels.index("green"), labels.index("red")]
+    with Personalizer(named, profile=tmp_path / "me", threads=1) as p:
+        p.add_features(X[pick], ["green", "red"])
+        p.add_features(X[:1] + 5.0, ["violet"])  # a class the bundle does not name
+        assert p.classes() == ["green", "red", "violet"]
+        params = {s["name"]: p._values[s["train_input"]] for s in p.bundle.params}
+        np.testing.assert_array_equal(params["head.weight"][:2], trained["head.weight"][[2, 0]])
+        np.testing.assert_array_equal(params["head.bias"][:2], trained["head.bias"][[2, 0]])
+        assert not params["head.weight"][2].any()  # violet: zero until the fit imprints it
+        p.fit(epochs=1, lr=1e-9, early_stop=False)
+        params = {s["name"]: p._values[s["train_input"]] for s in p.bundle.params}
+        np.testing.assert_allclose(params["head.weight"][:2], trained["head.weight"][[2, 0]],
+                                   atol=1e-6)  # kept, not imprinted over
+        assert params["head.weight"][2].any()  # imprinted from its class mean

@@ -74,6 +74,8 @@ def write_global_bundle(bundle: Bundle, params: Mapping[str, np.ndarray],
         raise BadInputError("the bundle must be on disk to write the global bundle from it")
     copy = Bundle.load(bundle.path)  # a fresh copy: save() links its unchanged files
     copy.manifest["fleet"] = {"classes": list(classes), **dict(info or {})}
+    # a new profile takes the federated columns by class name (runtime/columns.py)
+    copy.manifest.setdefault("classes", {})["names"] = list(classes)
     copy.files[copy.manifest["init"]["file"]] = save_safetensors(
         {n: np.ascontiguousarray(params[n], np.float32) for n in param_names(bundle)})
     return copy.save(out, overwrite=True)

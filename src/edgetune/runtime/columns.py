@@ -6,6 +6,7 @@ the head lives on, so the columns follow the class names:
 
     columns = ClassColumns(bundle)
     values = columns.fresh(n_classes)                    # initial values, resized
+    values = columns.initial(classes)                    # ... by name, if the bundle names them
     values, names = columns.remap(values, names, new)    # reorder by name; new ones zero
     values, names = columns.restore(checkpoint, classes) # a checkpoint's, checked
     columns.imprint(values, X, y, fresh=[3])             # column 3 starts at its class mean
@@ -13,6 +14,9 @@ the head lives on, so the columns follow the class names:
 Which parameters are the head's class weight and bias (for imprinting) is the
 manifest's ``classes.weight`` / ``classes.bias``; bundles made before those keys fall
 back to parameters named ``head.weight`` / ``head.bias``, else imprinting is skipped.
+A bundle whose head was trained already (a fleet's global bundle) names its initial
+columns in ``classes.names``: a new profile takes those columns by class name and
+imprints only the classes the bundle does not name.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class ClassColumns:
         self.axis = {s["train_input"]: class_axis(s["shape"])
                      for s in bundle.params + bundle.state}
         self.weight, self.bias = (self._class_param(role) for role in ("weight", "bias"))
+        declared = bundle.manifest.get("classes")
+        names = declared.get("names") if isinstance(declared, dict) else None
+        #: the class names of the initial parameters' columns; empty: no class's yet
+        self.initial_names = [str(n) for n in names] if isinstance(names, list) else []
 
     def _class_param(self, role: str) -> dict | None:
         """The param spec the manifest names for `role` (weight, bias), or the legacy
@@ -61,6 +69,26 @@ class ClassColumns:
         for s in self.bundle.state:
             values[s["train_input"]] = np.zeros(shapes[s["param"]], np.float32)
         return values
+
+    def initial(self, classes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The bundle's initial parameters for `classes`: by name when the bundle names
+        its initial columns (a class it does not name gets a zero column), else `fresh`."""
+        if not self.initial_names:
+            return self.fresh(len(classes))
+        values = self.fresh(len(self.initial_names))
+        return self.remap(values, self.initial_names, list(classes))[0]
+
+    def follow(self, values: dict[str, np.ndarray], columns: Sequence[str],
+               classes: Sequence[str], trained: bool) -> tuple[dict[str, np.ndarray], list[str]]:
+        """`values` (columns `columns`) for `classes` by name; an untrained head of a bundle
+        that names its initial columns starts again from them."""
+        if self.initial_names and not trained:
+            return self.initial(classes), list(classes)
+        return self.remap(values, columns, classes)
+
+    def unnamed(self, classes: Sequence[str]) -> list[int]:
+        """The columns of `classes` that the bundle's initial columns do not name."""
+        return [i for i, c in enumerate(classes) if c not in self.initial_names]
 
     def remap(self, values: dict[str, np.ndarray], columns: Sequence[str],
               classes: Sequence[str]) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -182,7 +182,7 @@ class Personalizer:
         classes = self.store.class_names()
         ckpt = self.checkpoints.latest()
         if ckpt is None:
-            return self._cols.fresh(len(classes)), list(classes), False, 0, None
+            return self._cols.initial(classes), list(classes), False, 0, None
         meta = ckpt.meta
         if meta.get("bundle") != self._bundle_id:
             raise IncompatibleCheckpointError(
@@ -310,7 +310,8 @@ class Personalizer:
         if classes == self._columns:
             return
         fresh = [i for i, c in enumerate(classes) if c not in self._columns]
-        values, self._columns = self._cols.remap(self._values, self._columns, classes)
+        values, self._columns = self._cols.follow(self._values, self._columns, classes,
+                                                  self._trained)
         if self._trained and fresh:
             X, y = self.store.features_and_labels()
             self._cols.imprint(values, X, y, fresh)
@@ -440,7 +441,7 @@ class Personalizer:
                 raise BadInputError("no samples yet: add at least one sample before training")
             if not self._trained:  # start a linear head's columns at the class means
                 self._values = {k: v.copy() for k, v in self._values.items()}
-                self._cols.imprint(self._values, X, y, range(len(self._columns)))
+                self._cols.imprint(self._values, X, y, self._cols.unnamed(self._columns))
             trainer = self._trainer(lr)
             samples = self._fitting = Samples(X, y, list(self._columns))
         try:
