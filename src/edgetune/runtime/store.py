@@ -41,42 +41,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+import edgetune.runtime.store_schema as schema
 from edgetune.errors import BadInputError, EdgetuneError
 from edgetune.names import class_name
 
 __all__ = ["SampleInfo", "SampleStore"]
-
-_FORMAT = "edgetune.samples"
-_SCHEMA_VERSION = 3  # 2: samples.sha256 (the content hash of the source file); 3: thumbnail
-_READABLE_VERSIONS = (1, 2, 3)  # a read-only open reads an old store as it is
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS classes (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        name       TEXT NOT NULL UNIQUE,
-        position   INTEGER NOT NULL UNIQUE,  -- the label index, dense 0..C-1
-        created_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS samples (
-        id         INTEGER PRIMARY KEY AUTOINCREMENT,
-        class_id   INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
-        features   BLOB NOT NULL,            -- little-endian float32, C order
-        shape      TEXT NOT NULL,            -- JSON list, e.g. [1280]
-        created_at TEXT NOT NULL,            -- ISO 8601, UTC
-        source     TEXT,                     -- optional note, e.g. a file name
-        sha256     TEXT,                     -- optional: sha256 of the source file's bytes
-        thumbnail  BLOB                      -- optional: a small JPEG for people to review
-    )""",
-)
-_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS samples_by_class ON samples(class_id)",
-    "CREATE INDEX IF NOT EXISTS samples_by_sha256 ON samples(sha256)",
-)
-
 
 @dataclass(frozen=True)
 class SampleInfo:
@@ -162,23 +131,23 @@ class SampleStore:
                 raise EdgetuneError(
                     f"{self.path} is an SQLite database but not an edgetune sample store"
                 )
-            for statement in _SCHEMA:
+            for statement in schema.SCHEMA:
                 conn.execute(statement)
             fmt = self._get_meta("format")
             if fmt is None:
-                self._set_meta("format", _FORMAT)
-                self._set_meta("schema_version", str(_SCHEMA_VERSION))
-            elif fmt != _FORMAT:
+                self._set_meta("format", schema.FORMAT)
+                self._set_meta("schema_version", str(schema.SCHEMA_VERSION))
+            elif fmt != schema.FORMAT:
                 raise EdgetuneError(f"{self.path} is not an edgetune sample store ({fmt!r})")
             else:
                 version = int(self._get_meta("schema_version") or 0)
-                if version > _SCHEMA_VERSION:
+                if version > schema.SCHEMA_VERSION:
                     raise EdgetuneError(
                         f"sample store {self.path} has schema version {version}; this "
-                        f"edgetune reads up to {_SCHEMA_VERSION}: upgrade edgetune"
+                        f"edgetune reads up to {schema.SCHEMA_VERSION}: upgrade edgetune"
                     )
                 self._migrate(conn)
-            for statement in _INDEXES:
+            for statement in schema.INDEXES:
                 conn.execute(statement)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -190,7 +159,7 @@ class SampleStore:
             conn.execute("ALTER TABLE samples ADD COLUMN sha256 TEXT")
         if "thumbnail" not in columns:
             conn.execute("ALTER TABLE samples ADD COLUMN thumbnail BLOB")
-        self._set_meta("schema_version", str(_SCHEMA_VERSION))
+        self._set_meta("schema_version", str(schema.SCHEMA_VERSION))
 
     @staticmethod
     def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -203,11 +172,11 @@ class SampleStore:
             raise EdgetuneError(f"{self.path} is not an edgetune sample store (or was never "
                                 "completed); open it for writing once")
         fmt, version = self._get_meta("format"), self._get_meta("schema_version") or "0"
-        if fmt != _FORMAT:
+        if fmt != schema.FORMAT:
             raise EdgetuneError(f"{self.path} is not an edgetune sample store ({fmt!r})")
-        if not version.isdigit() or int(version) not in _READABLE_VERSIONS:
+        if not version.isdigit() or int(version) not in schema.READABLE_VERSIONS:
             raise EdgetuneError(f"sample store {self.path} has schema version {version}; this "
-                                f"edgetune reads versions {list(_READABLE_VERSIONS)} "
+                                f"edgetune reads versions {list(schema.READABLE_VERSIONS)} "
                                 "(read-only: nothing is migrated)")
         self._has_sha256 = "sha256" in self._columns(conn, "samples")
         self._has_thumbnail = "thumbnail" in self._columns(conn, "samples")
