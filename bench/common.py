@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -125,3 +126,27 @@ def jpeg_crops(photo: str, n: int, seed: int, size: int = 224) -> list[bytes]:
         crop.save(buf, "JPEG", quality=85)
         out.append(buf.getvalue())
     return out
+
+
+def median_best(runs: list[dict], f) -> tuple[float, float]:
+    """The median and the best (smallest) of f over repeated runs."""
+    values = [f(r) for r in runs]
+    return statistics.median(values), min(values)
+
+
+def personalize_phases(what: str, epochs: int) -> list[tuple[str, object]]:
+    """(row name, f(run) -> seconds) for a personalization child's phases ("imports",
+    "model load", "features", "training", each marked at its end from process start);
+    `what` names the samples whose features were computed."""
+    def at(r, name):
+        return r["phases"][name]["t"] if name else 0.0
+
+    def phase(name, prev):
+        return lambda r: at(r, name) - at(r, prev)
+
+    return [("total, from process start (imports included)", phase("training", None)),
+            ("total after imports", phase("training", "imports")),
+            ("imports", phase("imports", None)),
+            ("model load", phase("model load", "imports")),
+            (f"features of the {what}", phase("features", "model load")),
+            (f"training the head, {epochs} epochs", phase("training", "features"))]

@@ -44,7 +44,17 @@ import tempfile  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import BENCHMARKS, ROOT, machine, memory_mib, revision, wait_quiet, write_section  # noqa: E402
+from common import (  # noqa: E402
+    BENCHMARKS,
+    ROOT,
+    machine,
+    median_best,
+    memory_mib,
+    personalize_phases,
+    revision,
+    wait_quiet,
+    write_section,
+)
 
 HEADING = "## Speech: keywords and a wake word"
 CACHE = Path(os.environ.get("EDGETUNE_BENCH_CACHE", "/tmp/edgetune-cache")) / "speech"
@@ -665,24 +675,7 @@ def section(acc, acc_info, ww, pers, rtf, elapsed) -> str:
     # 3
     e, t = pers["runs"]["edgetune"], pers["runs"]["torch"]
 
-    def phase(r, name, prev):
-        return r["phases"][name]["t"] - (r["phases"][prev]["t"] if prev else 0.0)
-
-    def stat(rs, f):
-        v = [f(r) for r in rs]
-        return statistics.median(v), min(v)
-
-    def total(r):
-        return r["phases"]["training"]["t"]
-
-    rows = [("total, from process start (imports included)", total),
-            ("total after imports", lambda r: total(r) - r["phases"]["imports"]["t"]),
-            ("imports", lambda r: phase(r, "imports", None)),
-            ("model load (profile + base session / base session)",
-             lambda r: phase(r, "model load", "imports")),
-            (f"features of the {pers['n']} clips", lambda r: phase(r, "features", "model load")),
-            (f"training the head, {pers['epochs']} epochs",
-             lambda r: phase(r, "training", "features"))]
+    rows = personalize_phases(f"{pers['n']} clips", pers["epochs"])
     lines += ["", "### Time and memory to personalize the wake word from raw PCM", "",
               f"{pers['n']} clips of 1.5 s PCM (10 \"{WAKE}\" + {pers['n'] - 10} `none`, the "
               f"profile above) from float32 [n, 24000] rows in memory to a trained head, each "
@@ -702,16 +695,16 @@ def section(acc, acc_info, ww, pers, rtf, elapsed) -> str:
               "| ratio of medians |",
               "|---|---:|---:|---:|"]
     for name, f in rows:
-        (me, be), (mt, bt) = stat(e, f), stat(t, f)
+        (me, be), (mt, bt) = median_best(e, f), median_best(t, f)
         lines.append(f"| {name} | {me:.3f} ({be:.3f}) | {mt:.3f} ({bt:.3f}) | "
                      f"{me / mt if mt else float('nan'):.2f}x |")
-    (me, be), (mt, bt) = stat(e, lambda r: r["peak_mib"]), stat(t, lambda r: r["peak_mib"])
+    (me, be), (mt, bt) = (median_best(runs, lambda r: r["peak_mib"]) for runs in (e, t))
     lines.append(f"| peak RSS (VmHWM), MiB | {me:.0f} ({be:.0f}) | {mt:.0f} ({bt:.0f}) | "
                  f"{me / mt:.2f}x |")
     warm = statistics.median(r["phases"]["warm_training"] for r in t)
     lines.append(f"| PyTorch head training again in the same process (warm: without the "
                  f"first Adam step's one-time lazy imports) |  | {warm:.3f} |  |")
-    (me, _), (mt, _) = stat(e, lambda r: r["cpu"]), stat(t, lambda r: r["cpu"])
+    (me, _), (mt, _) = median_best(e, lambda r: r["cpu"]), median_best(t, lambda r: r["cpu"])
     lines.append(f"| CPU time of the whole subprocess (user + sys), s | {me:.2f} | {mt:.2f} | "
                  f"{me / mt:.2f}x |")
     # 4

@@ -40,7 +40,16 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from common import BENCHMARKS, machine, memory_mib, revision, wait_quiet, write_section  # noqa: E402
+from common import (  # noqa: E402
+    BENCHMARKS,
+    machine,
+    median_best,
+    memory_mib,
+    personalize_phases,
+    revision,
+    wait_quiet,
+    write_section,
+)
 
 HEADING = "## Text: topics from a few quotations"
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -355,23 +364,7 @@ def section(acc: dict, pers: dict, n_texts: int, elapsed: float) -> str:
     ]
     e8, e32, t = (pers["runs"][k] for k in ("edgetune-int8", "edgetune-fp32", "torch"))
 
-    def phase(r, name, prev):
-        return r["phases"][name]["t"] - (r["phases"][prev]["t"] if prev else 0.0)
-
-    def stat(rs, f):
-        v = [f(r) for r in rs]
-        return statistics.median(v), min(v)
-
-    def total(r):
-        return r["phases"]["training"]["t"]
-
-    rows = [("total, from process start (imports included)", total),
-            ("total after imports", lambda r: total(r) - r["phases"]["imports"]["t"]),
-            ("imports", lambda r: phase(r, "imports", None)),
-            ("model load", lambda r: phase(r, "model load", "imports")),
-            (f"features of the {pers['n']} texts", lambda r: phase(r, "features", "model load")),
-            (f"training the head, {pers['epochs']} epochs",
-             lambda r: phase(r, "training", "features"))]
+    rows = personalize_phases(f"{pers['n']} texts", pers["epochs"])
     lines += ["", "### Time and memory to personalize 10 topics x 16 quotations from strings",
               "",
               f"{pers['n']} quotations (draw 0 of the 16-per-topic size above) from Python "
@@ -393,7 +386,7 @@ def section(acc: dict, pers: dict, n_texts: int, elapsed: float) -> str:
               "|---|---:|---:|---:|---:|---:|"]
 
     def row(name, f, digits=3):
-        (a, ab), (b, bb), (c, cb) = stat(e32, f), stat(e8, f), stat(t, f)
+        (a, ab), (b, bb), (c, cb) = median_best(e32, f), median_best(e8, f), median_best(t, f)
         return (f"| {name} | {a:.{digits}f} ({ab:.{digits}f}) | {b:.{digits}f} "
                 f"({bb:.{digits}f}) | {c:.{digits}f} ({cb:.{digits}f}) | "
                 f"{a / c if c else float('nan'):.2f}x | {b / c if c else float('nan'):.2f}x |")
