@@ -356,11 +356,41 @@ def zygote() -> None:
         print(f"dead {os.waitpid(pid, 0)[1]}", flush=True)
 
 
+def _wait_for(root: Path, journal_at: int, aim: set[str], mid_write: bool,
+              limit: float = 3.0) -> None:
+    """Wait (up to `limit` seconds) until the worker is inside an operation of a kind in
+    `aim` (its journal, from byte `journal_at`, has begun and not ended one), or, with
+    `mid_write`, until a checkpoint's temporary file exists: kills aimed by the phase the
+    worker reports land inside operations however fast or loaded the machine is."""
+    folders = (root / "profile" / "checkpoints", root / "bulk")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if mid_write:
+            if any(any(d.glob(".ckpt-*.tmp*")) for d in folders if d.is_dir()):
+                return
+        else:
+            with open(root / JOURNAL, "rb") as f:
+                f.seek(journal_at)
+                lines = f.read().decode(errors="replace").splitlines()
+            open_ops: dict[str, str] = {}
+            for line in lines:
+                tag, *rest = line.split()
+                if tag == "B" and len(rest) > 1:
+                    open_ops[rest[1]] = rest[0]
+                elif tag == "E" and len(rest) > 1:
+                    open_ops.pop(rest[1], None)
+            if aim & set(open_ops.values()):
+                return
+        time.sleep(0.0005)
+
+
 def crash_rounds(root: Path, kills: int, seed: int = 0, max_delay: float = 0.25,
                  mix: str = "all", unsafe: bool = False, slow_fsync: float = 0.02,
-                 progress=None) -> dict:
+                 progress=None, aim: set[str] | None = None) -> dict:
     """Kill a worker `kills` times on the profile in `root` (made by `prepare`), each
-    time after a random delay of up to `max_delay` seconds once it is ready."""
+    time after a random delay of up to `max_delay` seconds once it is ready. With `aim`
+    (operation kinds), each kill then waits until one of those is in flight, and every
+    third kill until a checkpoint file is being written (if the mix writes any)."""
     rng = random.Random(seed)
     interrupted: Counter = Counter()
     problems: list[str] = []
@@ -376,11 +406,15 @@ def crash_rounds(root: Path, kills: int, seed: int = 0, max_delay: float = 0.25,
                 f.write(f"R {round_}\n")
             forker.stdin.write(f"{root} {round_ * 1_000_000} {seed * 100_000 + round_} {mix} "
                                f"{'unsafe' if unsafe else 'safe'} {slow_fsync}\n")
+            journal_at = (root / JOURNAL).stat().st_size
             forker.stdin.flush()
             lines = [forker.stdout.readline().strip(), forker.stdout.readline().strip()]
             pid = int(next(line for line in lines if line.startswith("pid"))[4:])
             if "ready" in lines:
                 time.sleep(rng.uniform(0, max_delay))
+                if aim:
+                    _wait_for(root, journal_at, aim, mid_write=round_ % 3 == 0
+                              and bool(aim & {"ckpt", "bulk"}))
                 os.kill(pid, signal.SIGKILL)
                 lines.append(forker.stdout.readline().strip())
             status = int(next(line for line in lines if line.startswith("dead"))[5:])

@@ -1,7 +1,8 @@
 """Crash safety: a worker process that adds samples and saves checkpoints is killed with
-SIGKILL at random moments; afterwards the profile always opens, a checkpoint always
-loads (the last one saved, or the one being saved at the kill), no sample is half
-written and no add is half stored.
+SIGKILL at random moments, aimed at the phases the worker reports (so that the kills land
+inside operations on a fast or a loaded machine alike); afterwards the profile always
+opens, a checkpoint always loads (the last one saved, or the one being saved at the
+kill), no sample is half written and no add is half stored.
 
 The machinery lives in bench/soak.py (its module docstring lists every check); the
 soak runs it with hundreds of kills, this test with a couple of dozen."""
@@ -33,7 +34,7 @@ def test_sigkill_at_random_moments_loses_nothing(bundle, tmp_path, mix):
     Personalizer)."""
     soak.prepare(tmp_path / "crash", bundle)
     result = soak.crash_rounds(tmp_path / "crash", kills=15, seed=1 if mix == "adds" else 2,
-                               max_delay=0.15, mix=mix)
+                               max_delay=0.15, mix=mix, aim=TARGETS[mix])
     assert result["problems"] == []
     during = sum(n for kind, n in result["interrupted"].items() if kind in TARGETS[mix])
     assert during >= 8, result["interrupted"]  # the kills did land inside operations
