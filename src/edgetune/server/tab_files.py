@@ -7,6 +7,9 @@ bundle, read-only, and onnxruntime-web's own files. Nothing else is reachable he
     GET /static/ort/NAME          onnxruntime-web's ESM and wasm files, installed from
                                   the npm registry into server/web/node_modules by the
                                   Makefile (`npm ci`); 404 with the fix when missing
+    GET /static/tokenizers/tokenizers.min.mjs
+                                  @huggingface/tokenizers' browser build (text bundles
+                                  read their tokenizer.json with it), installed likewise
 
 The page checks ``GET /static/ort/ort.wasm.min.mjs`` before it runs in the tab: without
 it (no npm on this machine) it keeps the server mode and says why.
@@ -22,7 +25,7 @@ from starlette.routing import Route
 
 from edgetune.server.api import ApiError
 
-__all__ = ["ORT_DIR", "ORT_FILES", "bundle_file_names", "tab_routes"]
+__all__ = ["ORT_DIR", "ORT_FILES", "TOKENIZERS_FILE", "bundle_file_names", "tab_routes"]
 
 ORT_DIR = Path(__file__).parent / "web" / "node_modules" / "onnxruntime-web" / "dist"
 # The wasm backend only (no WebGL/WebGPU): the ESM entry, its glue and the binary.
@@ -31,6 +34,8 @@ ORT_FILES = {
     "ort-wasm-simd-threaded.mjs": "text/javascript",
     "ort-wasm-simd-threaded.wasm": "application/wasm",
 }
+TOKENIZERS_FILE = (Path(__file__).parent / "web" / "node_modules" / "@huggingface" / "tokenizers"
+                   / "dist" / "tokenizers.min.mjs")
 ORT_MISSING = ("onnxruntime-web is not installed next to the server (src/edgetune/server/"
                "web/node_modules); run `make run` on a machine with npm, or "
                "`npm ci --ignore-scripts --prefix src/edgetune/server/web`")
@@ -78,10 +83,18 @@ async def ort_file(request: Request) -> Response:
     return FileResponse(path, media_type=ORT_FILES[name], headers=REVALIDATE)
 
 
+async def tokenizers_file(request: Request) -> Response:
+    if not TOKENIZERS_FILE.is_file():
+        raise ApiError(404, ORT_MISSING.replace("onnxruntime-web", "@huggingface/tokenizers", 1),
+                       "tokenizers_missing")
+    return FileResponse(TOKENIZERS_FILE, media_type="text/javascript", headers=REVALIDATE)
+
+
 def tab_routes() -> list:
     """Routes for the bundle and onnxruntime-web (before the /static mount)."""
     return [
         Route("/bundle/manifest.json", bundle_manifest, methods=["GET", "HEAD"]),
         Route("/bundle/{name}", bundle_file, methods=["GET", "HEAD"]),
         Route("/static/ort/{name}", ort_file, methods=["GET", "HEAD"]),
+        Route("/static/tokenizers/tokenizers.min.mjs", tokenizers_file, methods=["GET", "HEAD"]),
     ]
