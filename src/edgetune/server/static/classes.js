@@ -271,12 +271,17 @@ async function uploadFiles(label, files) {
     for (const file of batch) form.append("files", file, file.name);
     toast(`Adding ${plural(batch.length, noun)} to ${label}…`);
     const names = batch.map((f) => f.name);
-    const result = await api("POST", "/api/samples", form);  // an error: api() says it
+    // one toast at the end names every file not added and why (quiet: none from api())
+    const result = await api("POST", "/api/samples", form, { quiet: true });
     batch = [];
     size = 0;
-    if (!result) { failed.push(...names.map((n) => `${n}: not added`)); return; }
+    const refused = (result.files || []).filter((file) => file.error).map((file) => file.error);
+    failed.push(...refused);
+    if (result.failed) {
+      if (!refused.length) failed.push(`${names.join(", ")}: ${result.failed}`);
+      return;
+    }
     added += result.added;
-    for (const file of result.files || []) if (file.error) failed.push(file.error);
     setState(result.state);
   };
   for (const original of chosen) {

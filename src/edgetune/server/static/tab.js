@@ -7,6 +7,7 @@
 // without WebAssembly, an audio bundle, or a server without onnxruntime-web (no npm
 // when it was installed), and the page says why.
 
+import { heldOutAccuracy } from "./heldout.js";
 import { $, app, toast } from "./ui.js";
 
 const FRAME_INTERVAL_MS = 100; // at most 10 predictions a second, as in server mode
@@ -50,6 +51,11 @@ export class TabBackend {
     this.handle = handle;
     this.minSamples = defaults.min_samples ?? 3;
     this.defaultEpochs = defaults.default_epochs ?? 100;
+    // the advanced settings' defaults and bounds: the server's (the same bundle), with
+    // the learning rate edgetune.js uses when told none (the manifest's)
+    const lr = p.manifest.optimizer?.lr;
+    this.settings = { epochs: this.defaultEpochs, batch_size: 32, early_stop: true, max_epochs: 10000,
+      max_batch_size: 4096, ...defaults.settings, ...(typeof lr === "number" && lr > 0 ? { lr } : {}) };
     this.run = null;
     this.runs = 0;
     this.trainedOn = JSON.parse(localStorage.getItem(`edgetune.trainedOn.${PROFILE}`) || "null");
@@ -82,20 +88,22 @@ export class TabBackend {
     return { type: "state", mode: "tab", input: { kind: this.p.input.kind ?? "image" },
       classes: Object.entries(counts).map(([name, count]) => ({ name, count })),
       samples: Object.values(counts).reduce((a, b) => a + b, 0), min_samples: this.minSamples,
-      default_epochs: this.defaultEpochs, ready: reason === null, reason, training: this.p.isTraining,
+      default_epochs: this.defaultEpochs, settings: this.settings, ready: reason === null, reason,
+      training: this.p.isTraining,
       trained, stale, untrained: record ? Object.keys(counts).filter((c) => !(c in record.counts)) : [],
       run: this.run, last_error: this.run?.error ?? null };
   }
 
   broadcast() { this.handle(this.state()); }
 
-  /** The server's endpoints, answered in the tab (null and a toast on an error, as api()). */
-  async api(method, url, body) {
+  /** The server's endpoints, answered in the tab (errors as ui.js's api() answers them). */
+  async api(method, url, body, { quiet = false } = {}) {
     try {
-      const result = await this.route(method, new URL(url, location.href), body);
-      return result;
+      return await this.route(method, new URL(url, location.href), body);
     } catch (error) {
-      toast(error.message || String(error), true);
+      const message = error.message || String(error);
+      if (quiet) return { failed: message };
+      toast(message, true);
       return null;
     }
   }
@@ -152,11 +160,10 @@ export class TabBackend {
         const id = await this.p.addSample(file, label);
         result.push({ file: file.name, id });
       } catch (error) {
-        result.push({ file: file.name, error: error.message });
+        result.push({ file: file.name, error: `${file.name}: ${error.message || error}` });
       }
     }
-    const failed = result.filter((r) => r.error);
-    if (failed.length) toast(failed.map((r) => `${r.file}: ${r.error}`).join("; "), true);
+    const failed = result.filter((r) => r.error); // classes.js names them, in one toast
     this.broadcast();
     return { added: result.length - failed.length, files: result, state: this.state() };
   }
@@ -164,33 +171,52 @@ export class TabBackend {
   train(body) {
     if (this.p.isTraining) throw new Error("training is already running");
     const epochs = body.epochs ?? this.defaultEpochs;
+    const settings = { batch_size: body.batch_size ?? null, lr: body.lr ?? null, early_stop: body.early_stop ?? true };
     const counts = this.p.counts();
     const ids = this.p.samples().map((s) => s.id).join(",");
-    const run = this.run = { run: ++this.runs, epochs, points: [], events: [], done: false, error: null };
+    const run = this.run = { run: ++this.runs, epochs, settings, points: [], events: [], done: false,
+      error: null, evaluation: null };
+    const remember = () => { // what the head was trained on: kept at its first improvement, so a
+      this.trainedOn = { counts, ids }; // reload mid-run still knows what is new since
+      localStorage.setItem(`edgetune.trainedOn.${PROFILE}`, JSON.stringify(this.trainedOn));
+    };
+    let remembered = false;
     this.handle({ type: "training_started", run: run.run, epochs });
-    this.p.fit({ epochs, batchSize: body.batch_size, lr: body.lr, earlyStop: body.early_stop ?? true,
+    this.p.fit({ epochs, batchSize: settings.batch_size ?? undefined, lr: settings.lr ?? undefined,
+      earlyStop: settings.early_stop,
       onEpoch: (record) => {
         if (record.event) {
           if (record.message) run.events.push({ event: record.event, message: record.message });
           return;
         }
+        if (!remembered && record.improved !== false) { remembered = true; remember(); }
         run.points.push([record.epoch, record.loss]);
         this.handle({ type: "progress", run: run.run, replace: false, points: [[record.epoch, record.loss]],
           epoch: record.epoch, loss: record.loss, events: run.events.slice(-3) });
       } })
       .then((records) => {
-        if (records.at(-1)?.improved || this.p.trained) {
-          this.trainedOn = { counts, ids };
-          localStorage.setItem(`edgetune.trainedOn.${PROFILE}`, JSON.stringify(this.trainedOn));
-        }
+        if (records.at(-1)?.improved || this.p.trained) remember();
       })
       .catch((error) => { run.error = error.message || String(error); })
       .finally(() => {
         run.done = true;
         this.handle({ type: "training_done", run });
         this.broadcast();
+        if (!run.error) this.evaluate(run);
       });
     return { ...this.state(), training: true };
+  }
+
+  /** Per-class accuracy on held-out samples after a run (heldout.js), as the server does. */
+  async evaluate(run) {
+    try {
+      run.evaluation = await heldOutAccuracy(this.p, { epochs: run.epochs, lr: run.settings.lr,
+        batchSize: run.settings.batch_size, earlyStop: run.settings.early_stop });
+    } catch (error) {
+      console.warn("held-out evaluation failed:", error);
+      run.evaluation = null;
+    }
+    this.handle({ type: "evaluation", run: run.run, evaluation: run.evaluation });
   }
 
   /** Frames from the camera: a sample while a class is recorded, a prediction after. */

@@ -115,8 +115,8 @@ export function finishRun(run) {
   renderAccuracy(run.evaluation);
 }
 
-// Per-class accuracy on held-out samples (the server trains a copy of the head on the
-// rest after each run: holdout.py); null hides it.
+// Per-class accuracy on held-out samples (a copy of the head trained on the
+// rest after each run: holdout.py on the server, heldout.js in the tab); null hides it.
 export function renderAccuracy(report) {
   const box = $("accuracy");
   box.hidden = !report;

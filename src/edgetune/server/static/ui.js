@@ -51,8 +51,16 @@ export function toast(message, isError = false) {
   toastTimer = setTimeout(() => { box.hidden = true; }, isError ? 7000 : 3500);
 }
 
-export async function api(method, url, body) {
-  if (app.tab) return app.tab.api(method, url, body);  // the page runs in the tab (tab.js)
+// A request to the server (or to tab.js when the page runs in the tab): the answer's
+// JSON, or null after a toast saying what went wrong. quiet: no toast; a failure answers
+// {failed: "what went wrong", ...the answer's other fields} for the caller to word.
+export async function api(method, url, body, { quiet = false } = {}) {
+  if (app.tab) return app.tab.api(method, url, body, { quiet });  // the page runs in the tab (tab.js)
+  const fail = (message, data = null) => {
+    if (quiet) return { ...(data || {}), failed: message };
+    toast(message, true);
+    return null;
+  };
   const options = { method, headers: {}, credentials: "same-origin" };
   if (body instanceof FormData) options.body = body;
   else if (body !== undefined) {
@@ -63,15 +71,11 @@ export async function api(method, url, body) {
   try {
     response = await fetch(url, options);
   } catch (e) {
-    toast("The edgetune server is not reachable. Is it still running?", true);
-    return null;
+    return fail("The edgetune server is not reachable. Is it still running?");
   }
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
-  if (!response.ok) {
-    toast((data && data.error) || `${response.status} ${response.statusText}`, true);
-    return null;
-  }
+  if (!response.ok) return fail((data && data.error) || `${response.status} ${response.statusText}`, data);
   return data;
 }
 
