@@ -5,8 +5,11 @@
 //   import { Personalizer } from "/static/edgetune.js";
 //   const p = await Personalizer.open("/bundle/", { profile: "default" });
 //   await p.addSample(video, "mug");    // HTMLVideoElement, canvas, ImageBitmap, ImageData, Blob
+//   await p.addSample(pcm, "yes", { sampleRate: 48000 });  // audio bundles: Float32Array, AudioBuffer
+//   await p.addSample("a text", "food"); // text bundles: strings
 //   p.counts();                          // {mug: 1}
 //   await p.predict(video);              // {label, scores, source}: prototypes, then the head
+//   await p.predict(video, { openSet: true });  // "unknown" far from every class (openset.js)
 //   await p.fit({ epochs: 20, onEpoch: (record) => {} });  // in a Web Worker
 //   await p.removeSample(id); await p.renameClass("mug", "cup"); await p.removeClass("cup");
 //   await p.exportOnnx();                // Uint8Array: one standalone model
@@ -16,11 +19,13 @@
 // thumbnail for the page) and keeps the profile in IndexedDB (edgetune/store.js).
 // Nothing leaves the tab after the bundle's download.
 
-import { ClassColumns, classSums, prototypeScores } from "./edgetune/columns.js";
+import { ClassColumns, classMeans, classSums, prototypeScores } from "./edgetune/columns.js";
 import { composeStandalone } from "./edgetune/export.js";
 import { EdgetuneError, fetchVerified, openBundle, parseSafetensors, product } from "./edgetune/manifest.js";
 import { checkNames, loadOrt, ORT_URL, session } from "./edgetune/ort.js";
-import { preparePixels, thumbnail } from "./edgetune/image.js";
+import { thumbnail } from "./edgetune/image.js";
+import { inputKind } from "./edgetune/inputs.js";
+import { calibrate, judgeAll } from "./edgetune/openset.js";
 import { ProfileStore } from "./edgetune/store.js";
 
 export { EdgetuneError } from "./edgetune/manifest.js";
@@ -54,7 +59,9 @@ export class Personalizer {
    * manifest.json and the files it names). Options: profile ("default"), threads (wasm
    * threads for the base and prediction; more than 1 needs a cross-origin isolated
    * page), precision ("fp32", or "int8" for bundles with base_int8), database (the
-   * IndexedDB name, "edgetune"), ortUrl (onnxruntime-web's ESM file).
+   * IndexedDB name, "edgetune"), ortUrl (onnxruntime-web's ESM file), tokenizersUrl
+   * (@huggingface/tokenizers' ESM file, for text bundles), openSet (answer "unknown":
+   * true/false recorded in the profile; default: the profile's choice, off).
    */
   static async open(url, options = {}) {
     const p = new Personalizer();
@@ -96,6 +103,7 @@ export class Personalizer {
     }
     this._base = await session(this.ort, this._graphs[this.baseRole], `graph ${this.baseRole}`);
     checkNames(this._base, m.graphs[this.baseRole], this.baseRole);
+    this.kind = await inputKind(this.bundle, m.graphs[this.baseRole], options);
     this._infer = await session(this.ort, this._graphs.infer, "graph infer");
     checkNames(this._infer, m.graphs.infer, "infer", m.params.map((q) => q.infer_input));
 
@@ -118,7 +126,38 @@ export class Personalizer {
     this._fitting = null; // {worker, columns} while a fit runs
     this._worker = null;
     this.history = [];
+    this._openSet = Boolean(row.openSet);
+    if (options.openSet !== undefined) await this.setOpenSet(options.openSet);
     this._publish();
+  }
+
+  // -- open set (edgetune/openset.js) --
+
+  /** Whether predict() answers "unknown" unless told otherwise (setOpenSet). */
+  get openSet() { return this._openSet; }
+
+  /** Make open-set answers the profile's default (recorded in IndexedDB) or not. */
+  async setOpenSet(on) {
+    this._openSet = Boolean(on);
+    await this.store.setFields({ openSet: this._openSet });
+  }
+
+  /** The calibrated threshold of each class (null: background, no samples, too few samples). */
+  openSetThresholds() {
+    return { ...this._prototypes().calibration.thresholds };
+  }
+
+  /** Class sums, prototypes and the open-set calibration of the current samples. */
+  _prototypes() {
+    if (this._sumsStale) {
+      const { X, y } = this._data();
+      const { sums, counts } = classSums(X, y, this._classes.length, this.F);
+      this._sums = { sums, counts, classes: [...this._classes],
+        means: classMeans(sums, this._classes.length, this.F),
+        calibration: calibrate(X, y, this._classes, this.F) };
+      this._sumsStale = false;
+    }
+    return this._sums;
   }
 
   _publish() {
@@ -148,26 +187,30 @@ export class Personalizer {
 
   get isTraining() { return this._fitting !== null; }
 
-  /** The base's features of one image source: Float32Array [F] (and the pixels). */
-  async features(source) {
-    const kind = this.input.kind ?? "image";
-    if (kind !== "image") throw new EdgetuneError(`input kind ${kind}: use addFeatures`, "bad_input");
-    const [, height, width] = this.inputShape;
-    const pixels = await preparePixels(source, width, height);
-    return { features: (await this.baseFeatures(pixels, 1)), pixels };
+  /**
+   * The base's features of one source of the bundle's kind: {features: Float32Array [F],
+   * and pixels (image), pcm (audio: the base's row) or truncated (text)}. options:
+   * sampleRate (of a Float32Array; default the bundle's), silenceDb, maxClipped (audio).
+   */
+  async features(source, options = {}) {
+    const { row, ...prepared } = await this.kind.prepare(source, options);
+    return { ...prepared, features: await this.baseFeatures(row, 1) };
   }
 
-  /** The base on rows already shaped as its input (uint8 [n, h, w, 3]): Float32Array [n * F]. */
-  async baseFeatures(pixels, n) {
+  /** The base's input row of one source (what Python's preparer.prepare gives). */
+  async prepare(source, options = {}) {
+    return (await this.kind.prepare(source, options)).row;
+  }
+
+  /** The base on rows already shaped as its input, laid end to end: Float32Array [n * F]. */
+  async baseFeatures(rows, n) {
     const graph = this.manifest.graphs[this.baseRole];
-    const [name] = Object.values(graph.inputs);
-    const rowShape = this.inputShape.slice(1);
-    const width = product(rowShape);
+    const width = this.kind.rowLength;
     const out = new Float32Array(n * this.F);
     for (let from = 0; from < n; from += BASE_BATCH) {
-      const rows = Math.min(BASE_BATCH, n - from);
-      const t = new this.ort.Tensor(this.input.dtype ?? "uint8", pixels.subarray(from * width, (from + rows) * width), [rows, ...rowShape]);
-      const result = (await this._base.run({ [name]: t }))[graph.outputs.features];
+      const count = Math.min(BASE_BATCH, n - from);
+      const feeds = this.kind.feeds(this.ort, rows.subarray(from * width, (from + count) * width), count);
+      const result = (await this._base.run(feeds))[graph.outputs.features];
       out.set(result.data, from * this.F);
     }
     for (const v of out) {
@@ -176,10 +219,10 @@ export class Personalizer {
     return out;
   }
 
-  /** Add one sample of class `label`; its id. */
-  async addSample(source, label) {
+  /** Add one sample of class `label` (options: as features()); its id. */
+  async addSample(source, label, options = {}) {
     label = className(label);
-    return this.addPrepared(await this.features(source), label);
+    return this.addPrepared(await this.features(source, options), label);
   }
 
   /** Add what features(source) gave (so a frame that is also predicted runs the base once). */
@@ -289,13 +332,19 @@ export class Personalizer {
 
   // -- prediction --
 
-  /** {label, scores: {class: score}, source: "head" | "prototypes"} for one image source. */
-  async predict(source) {
-    const { features } = await this.features(source);
-    return (await this.predictFeatures(features, 1))[0];
+  /**
+   * {label, scores: {class: score}, source: "head" | "prototypes"} for one source (text:
+   * also truncated). options: as features(), and openSet (default: the profile's
+   * choice): also unknown, class, distance, threshold; far from the class picked the
+   * label is "unknown" (or "none" in a profile with the background class "none").
+   */
+  async predict(source, options = {}) {
+    const { features, truncated } = await this.features(source, options);
+    const [answer] = await this.predictFeatures(features, 1, options);
+    return truncated === undefined ? answer : { ...answer, truncated };
   }
 
-  async predictFeatures(features, n = 1) {
+  async predictFeatures(features, n = 1, { openSet } = {}) {
     const snap = this._snapshot; // one consistent parameter set, whatever training does meanwhile
     if (!snap.classes.length) throw new EdgetuneError("no classes yet: add samples before predicting", "bad_input");
     let scores;
@@ -308,11 +357,7 @@ export class Personalizer {
       scores = (await this._infer.run(feeds, [graph.outputs.probabilities]))[graph.outputs.probabilities].data;
       source = "head";
     } else {
-      if (this._sumsStale) {
-        const { X, y } = this._data();
-        this._sums = { ...classSums(X, y, this._classes.length, this.F), classes: [...this._classes] };
-        this._sumsStale = false;
-      }
+      this._prototypes();
       const all = prototypeScores(features, n, this._sums.sums, this._sums.counts, this.F);
       const k = this._sums.classes.length;
       scores = new Float32Array(n * C);
@@ -329,6 +374,10 @@ export class Personalizer {
       const row = Array.from(scores.subarray(r * C, (r + 1) * C));
       const best = row.indexOf(Math.max(...row));
       out.push({ label: snap.classes[best], source, scores: Object.fromEntries(snap.classes.map((c, i) => [c, row[i]])) });
+    }
+    if (openSet ?? this._openSet) {
+      const { classes, means, calibration } = this._prototypes();
+      return judgeAll(features, this.F, out, classes, means, calibration);
     }
     return out;
   }

@@ -74,9 +74,9 @@ export async function openBundle(url) {
       + `(${VERSION}); update edgetune`, "bad_bundle");
   }
   const kind = manifest.input?.kind ?? "image";
-  if (kind !== "image" && kind !== "tensor") {
-    throw new EdgetuneError(`input kind ${JSON.stringify(kind)}: edgetune.js personalizes image `
-      + "bundles (and raw tensors) so far", "bad_bundle");
+  if (!["image", "audio", "text", "tensor"].includes(kind)) {
+    throw new EdgetuneError(`input kind ${JSON.stringify(kind)}: edgetune.js personalizes image, audio `
+      + "and text bundles (and raw tensors)", "bad_bundle");
   }
   for (const role of ["base", "train", "infer"]) {
     if (!manifest.graphs?.[role]) {

@@ -4,7 +4,7 @@
 // or a crash never leaves a half-written profile; a reload continues from the last
 // committed state.
 //
-//   profiles     key: profile name   {name, bundle, classes: [names], created}
+//   profiles     key: profile name   {name, bundle, classes: [names], created, openSet}
 //   samples      key: id (auto)      {profile, label, features: ArrayBuffer, thumbnail: Blob, created}
 //                index "profile"
 //   checkpoints  key: profile name   {columns, trained, step, values: {name: {data, dims}}, saved}
@@ -97,6 +97,14 @@ export class ProfileStore {
     await done(tx);
     this.profile = { ...this.profile, classes };
     return result;
+  }
+
+  /** Change fields of the profile's record (e.g. {openSet: true}) in one transaction. */
+  async setFields(fields) {
+    const tx = this.db.transaction(["profiles"], "readwrite");
+    tx.objectStore("profiles").put({ ...this.profile, ...fields });
+    await done(tx);
+    this.profile = { ...this.profile, ...fields };
   }
 
   async setClasses(classes) {
