@@ -10,7 +10,8 @@ a WAV file (``--use-file-for-fake-audio-capture``). Real speech: espeak-ng says
 only. The "lights" browser records the word (hold to record, and a countdown
 recording), the "noise" browser records the background class, trains, and listens:
 noise gives no detection; then the "lights" browser listens and "lights" is detected.
-A screenshot goes to artifacts/.
+A screenshot goes to artifacts/. The page runs in server mode here (``?mode=server``):
+both browsers share the server's profile (test_web_tab_audio.py: the page in the tab).
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def test_record_words_and_background_train_and_listen_in_chromium(speech_bundle,
             microphone(pw, words, tmp_path / "ua") as ctx_words, \
             microphone(pw, noise, tmp_path / "ub") as ctx_noise:
         page, quiet = page_of(ctx_words, errors), page_of(ctx_noise, errors)
-        page.goto(server.url)
+        page.goto(server.url + "?mode=server")
         expect(page.locator("#app-title")).to_have_text("Teachable microphone")
         expect(page.locator("#mic-state")).to_contain_text("Microphone on")
         expect(page.locator("#viewport")).to_be_hidden()
@@ -270,7 +271,7 @@ def test_record_words_and_background_train_and_listen_in_chromium(speech_bundle,
             "4 samples")
 
         # the background, from the other browser's microphone (room noise)
-        quiet.goto(server.url)
+        quiet.goto(server.url + "?mode=server")
         expect(quiet.locator("#mic-state")).to_contain_text("Microphone on")
         quiet.get_by_role("button", name="Record 6 s of none").click()
         expect(quiet.locator("li.class-card[data-name='none'] .count")).to_have_text(

@@ -3,11 +3,16 @@
 // frames, samples and training never leave the browser. The server only serves the
 // page, the bundle (/bundle/) and onnxruntime-web (/static/ort/).
 //
+// Audio bundles too: recorded clips are added in the tab, and listening runs the
+// detector here (listen.js) on the microphone's chunks, which the page hands to this
+// backend instead of a WebSocket.
+//
 // `?mode=server` keeps the server mode (frames over the WebSocket); so does a browser
-// without WebAssembly, an audio bundle, or a server without onnxruntime-web (no npm
-// when it was installed), and the page says why.
+// without WebAssembly, a text bundle, or a server without onnxruntime-web (no npm when it
+// was installed), and the page says why.
 
 import { heldOutAccuracy } from "./heldout.js";
+import { BACKGROUND, Detector } from "./listen.js";
 import { $, app, toast } from "./ui.js";
 
 const FRAME_INTERVAL_MS = 100; // at most 10 predictions a second, as in server mode
@@ -30,8 +35,22 @@ export async function chooseBackend() {
   const manifest = await fetch("/bundle/manifest.json", { cache: "no-cache" }).then((r) => (r.ok ? r.json() : null)).catch(() => null);
   const kind = manifest?.input?.kind ?? "image";
   if (!manifest) return { mode: "server", why: "the server does not serve its bundle" };
-  if (kind !== "image") return { mode: "server", why: `${kind} bundles run on the server`, quiet: true };
+  if (kind !== "image" && kind !== "audio") return { mode: "server", why: `${kind} bundles run on the server`, quiet: true };
   return { mode: "tab" };
+}
+
+const isWav = (file) => /\.wav$/i.test(file.name || "") || /^audio\/(x-)?wav/.test(file.type || "");
+
+/** An audio file as edgetune.js takes it: WAV as it is (read exactly, any rate), other
+ * formats (FLAC, OGG, ...) decoded by the browser at the bundle's rate. */
+async function audioOf(file, rate) {
+  if (isWav(file)) return file;
+  const context = new OfflineAudioContext(1, 1, rate);
+  try {
+    return await context.decodeAudioData(await file.arrayBuffer());
+  } catch (e) {
+    throw new Error(`the file is not audio this browser can decode (${e.message || e})`);
+  }
 }
 
 /** GET /api/samples in the tab: each sample's thumbnail as a blob: URL (`thumbnail_url`;
@@ -85,7 +104,7 @@ export class TabBackend {
     const record = trained ? this.trainedOn : null;
     const ids = this.p.samples().map((s) => s.id).join(",");
     const stale = Boolean(record && (JSON.stringify(record.counts) !== JSON.stringify(counts) || record.ids !== ids));
-    return { type: "state", mode: "tab", input: { kind: this.p.input.kind ?? "image" },
+    return { type: "state", mode: "tab", input: this.inputInfo(),
       classes: Object.entries(counts).map(([name, count]) => ({ name, count })),
       samples: Object.values(counts).reduce((a, b) => a + b, 0), min_samples: this.minSamples,
       default_epochs: this.defaultEpochs, settings: this.settings, ready: reason === null, reason,
@@ -95,6 +114,21 @@ export class TabBackend {
   }
 
   broadcast() { this.handle(this.state()); }
+
+  /** What the page needs to know about inputs (as the server's Studio.input). */
+  inputInfo() {
+    const spec = this.p.input ?? {};
+    const kind = spec.kind ?? "image";
+    if (kind !== "audio") return { kind };
+    const rate = Number(spec.sample_rate ?? 16000);
+    const samples = Number(spec.samples ?? spec.shape?.[1]);
+    return { kind, sample_rate: rate, samples, seconds: samples / rate };
+  }
+
+  /** A source of the bundle's kind from a file (audio: audioOf). */
+  async sourceOf(file) {
+    return this.inputInfo().kind === "audio" ? audioOf(file, this.inputInfo().sample_rate) : file;
+  }
 
   /** The server's endpoints, answered in the tab (errors as ui.js's api() answers them). */
   async api(method, url, body, { quiet = false } = {}) {
@@ -141,7 +175,7 @@ export class TabBackend {
     if (path === "/api/predict" && method === "POST") {
       const file = body instanceof FormData ? body.get("image") : body;
       const t0 = performance.now();
-      return { type: "prediction", ...(await p.predict(file)), ms: performance.now() - t0 };
+      return { type: "prediction", ...(await p.predict(await this.sourceOf(file))), ms: performance.now() - t0 };
     }
     if (path === "/api/train" && method === "POST") return this.train(body || {});
     if (path === "/api/train/stop" && method === "POST") {
@@ -157,7 +191,7 @@ export class TabBackend {
     const result = [];
     for (const file of files) {
       try {
-        const id = await this.p.addSample(file, label);
+        const id = await this.p.addSample(await this.sourceOf(file), label);
         result.push({ file: file.name, id });
       } catch (error) {
         result.push({ file: file.name, error: `${file.name}: ${error.message || error}` });
@@ -219,6 +253,56 @@ export class TabBackend {
     this.handle({ type: "evaluation", run: run.run, evaluation: run.evaluation });
   }
 
+  /** What the page would send over the WebSocket: listen on/off (JSON), audio chunks. */
+  message(data) {
+    if (typeof data !== "string") { this.hear(new Float32Array(data)); return; }
+    let msg;
+    try { msg = JSON.parse(data); } catch (e) { return; }
+    if (msg.type === "listen") this.listen(msg.rate);
+  }
+
+  /** Start (rate: Hz of the chunks) or stop (rate: null) listening, as live.py answers. */
+  async listen(rate) {
+    const old = this.detector;
+    this.detector = null;
+    const found = old && !old.busy ? await old.advance() : [];
+    if (rate === null || rate === undefined) {
+      this.handle({ type: "listening", rate: null, detections: found });
+      return;
+    }
+    if (!this.p.samples().length) {
+      this.handle({ type: "error", message: "no samples yet: record some words first" });
+      return;
+    }
+    const d = this.detector = new Detector(this.p, { rate });
+    this.handle({ type: "listening", rate, sample_rate: d.rate, window: d.window / d.rate, hop: d.hop / d.rate,
+      threshold: d.threshold, detections: found, background: this.p.classes().includes(BACKGROUND[0]) });
+  }
+
+  /** A chunk of the microphone while listening: scores and detections when windows complete. */
+  hear(chunk) {
+    const d = this.detector;
+    if (!d) return;
+    d.take(chunk);
+    if (d.busy) return; // the windows it completes are scored by the run in progress
+    d.busy = true;
+    const step = async () => {
+      while (this.detector === d && d.lagging > 0) {
+        const windows = d.windows;
+        const found = await d.advance();
+        if (d.windows === windows || this.detector !== d) break;
+        const scores = d.scores;
+        const keywords = Object.keys(scores).filter((c) => !d.background.has(c));
+        const audio = d.samples / d.rate;
+        this.handle({ type: "scores", scores, detections: found, time: audio, windows: d.windows,
+          label: keywords.length ? keywords.reduce((a, b) => (scores[b] > scores[a] ? b : a)) : null,
+          real_time_factor: audio ? d.computeSeconds / audio : 0 });
+      }
+    };
+    step().catch((error) => this.handle({ type: "error", message: error.message || String(error) }))
+      .finally(() => { d.busy = false; });
+  }
+
   /** Frames from the camera: a sample while a class is recorded, a prediction after. */
   async frame(video) {
     if (this.busy || app.camera !== "on" || document.hidden || video.readyState < 2) return;
@@ -261,12 +345,13 @@ export class TabBackend {
 export async function startTab(handle) {
   const backend = await TabBackend.start(handle);
   app.tab = backend;
-  app.ws = { readyState: 1, send() {} }; // "connected": the backend is in this tab
+  // "connected": the backend is in this tab; what the page sends it (listening) goes there
+  app.ws = { readyState: 1, bufferedAmount: 0, send: (data) => backend.message(data) };
   const video = $("video");
   const loop = () => {
     backend.frame(video).finally(() => setTimeout(loop, FRAME_INTERVAL_MS));
   };
-  loop();
+  if (backend.inputInfo().kind === "image") loop();
   $("download").addEventListener("click", (event) => {
     event.preventDefault();
     if ($("download").getAttribute("aria-disabled") === "true") return;
