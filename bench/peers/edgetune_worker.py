@@ -10,10 +10,17 @@ Tasks (job["task"]):
   the head, `convert(..., trainable="last:1")` for the last block): the single-step
   graph (one onnxruntime call per mini-batch) and the epoch graph (one call runs k
   mini-batches through an ONNX Scan).
-- personalize: `Personalizer(bundle, profile)`, `add_samples` (base graph, SQLite store),
-  `fit(epochs=50, batch_size=32, early_stop=False)` (epoch graph, checkpoint at the end).
+- personalize: `Personalizer(bundle, profile, precision=...)`, `add_samples` (base graph,
+  SQLite store), `fit(epochs, batch_size=32, early_stop=False)` (epoch graph, checkpoint
+  at the end); the bundle trains the head or (last:1) the last block too.
+- first_answer: a new profile, one sample per class (`add_samples`), the first
+  `predict` (prototypes: nearest class mean, cosine), from the process start.
+- reopen: a personalized profile opened again (`Personalizer(profile=..., read_only=True)`,
+  as `edgetune predict` does) and its first `predict`.
 - base: images per second of base.onnx / base.int8.onnx (`make_session`, as the
   Personalizer opens them).
+- gemm: GFLOP/s of a large float32 matrix product (numpy's matmul; onnxruntime's MatMul),
+  this machine's practical peak at the job's thread count.
 - profile: where the time of a training step goes (onnxruntime's profiler, and a graph
   with the same inputs and outputs but no computation); an analysis, not a device task,
   so it may import onnx.
@@ -107,7 +114,8 @@ def personalize(job: dict) -> dict:
     images, labels = np.load(job["images"]), np.load(job["labels"])
     names = [f"c{i}" for i in labels]
     profile = Path(job["out"]) / f"profile-{time.time_ns()}"
-    p = Personalizer(job["bundle"], profile, threads=job["threads"], seed=0)
+    p = Personalizer(job["bundle"], profile, threads=job["threads"], seed=0,
+                     precision=job.get("precision"))
     p._base_session()  # opened lazily by the first add_samples; counted as model load
     phases["model load"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -124,7 +132,90 @@ def personalize(job: dict) -> dict:
     accuracy = float(np.mean([r["label"] == t for r, t in zip(p.predict_features(X), names)]))
     p.close()
     return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
-            "final_loss": records[-1]["loss"], "train_accuracy": accuracy}
+            "final_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
+            "train_accuracy": accuracy}
+
+
+def _photos(job: dict):
+    """The samples (one per class) and the query, as HxWx3 uint8 arrays (read from a
+    memory-mapped .npy: only these rows)."""
+    import numpy as np
+
+    images = np.load(job["images"], mmap_mode="r")
+    return [np.array(images[i]) for i in job["samples"]], np.array(images[job["query"]])
+
+
+def first_answer(job: dict) -> dict:
+    """Process start -> new profile -> one sample per class -> the first prediction."""
+    from edgetune.runtime.personalizer import Personalizer
+
+    phases = {"import": time.perf_counter() - T0}
+    samples, query = _photos(job)
+    t = time.perf_counter()
+    p = Personalizer(job["bundle"], Path(job["out"]) / f"first-{time.time_ns()}",
+                     threads=job["threads"], precision=job["precision"])
+    phases["open"] = time.perf_counter() - t
+    t = time.perf_counter()
+    p.add_samples(samples, [f"c{i}" for i in range(len(samples))])
+    phases["samples"] = time.perf_counter() - t
+    t = time.perf_counter()
+    answer = p.predict(query)
+    phases["answer"] = time.perf_counter() - t
+    total = time.perf_counter() - T0
+    cpu, peak = _job.cpu_seconds(), _job.peak_mib()
+    p.close()
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+            "answer": answer["label"], "source": answer["source"]}
+
+
+def reopen(job: dict) -> dict:
+    """A personalized profile opened again in a new process, and its first prediction;
+    "after imports" counts from the end of `import edgetune.runtime.personalizer`."""
+    from edgetune.runtime.personalizer import Personalizer
+
+    imported = time.perf_counter()
+    phases = {"import": imported - T0}
+    _, query = _photos({**job, "samples": []})
+    t = time.perf_counter()
+    with Personalizer(profile=job["profile"], read_only=True, threads=job["threads"]) as p:
+        phases["open"] = time.perf_counter() - t
+        t = time.perf_counter()
+        answer = p.predict(query)
+        done = time.perf_counter()
+        phases["answer"] = done - t
+        # reading the query photo from the .npy is the test's, not the device's, work
+        phases["after imports"] = phases["open"] + phases["answer"]
+    cpu, peak = _job.cpu_seconds(), _job.peak_mib()
+    return {"total": done - T0, "cpu": cpu, "phases": phases, "peak_mib": peak,
+            "answer": answer["label"], "source": answer["source"]}
+
+
+def gemm(job: dict) -> dict:
+    """Seconds per n x n float32 matrix product: numpy's matmul (its BLAS, threads from
+    OPENBLAS_NUM_THREADS, which the driver sets) and onnxruntime's MatMul (MLAS, the
+    kernels that run the base) at job["threads"]."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgetune.runtime.trainer import make_session
+
+    results = {}
+    rng = np.random.default_rng(0)
+    for n in job["sizes"]:
+        a = rng.standard_normal((n, n)).astype(np.float32)
+        b = rng.standard_normal((n, n)).astype(np.float32)
+        results[f"numpy|{n}"] = _job.timed(lambda a=a, b=b: a @ b, 1, job["repeats"])
+        spec = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ABC"]
+        graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
+                                  spec[:2], spec[2:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        sess = make_session(model.SerializeToString(), job["threads"])
+        results[f"onnxruntime|{n}"] = _job.timed(
+            lambda a=a, b=b, sess=sess: sess.run(None, {"A": a, "B": b}), 1, job["repeats"])
+    return {"gemm": results}
 
 
 def _profile_session(path: str, threads: int, prefix: str):
@@ -272,7 +363,8 @@ def profile(job: dict) -> dict:
     return {"profile": out}
 
 
-TASKS = {"train": train, "base": base, "personalize": personalize, "profile": profile}
+TASKS = {"train": train, "base": base, "personalize": personalize, "profile": profile,
+         "first_answer": first_answer, "reopen": reopen, "gemm": gemm}
 
 if __name__ == "__main__":
     job = _job.load_job()

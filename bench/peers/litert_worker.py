@@ -21,6 +21,10 @@ Tasks (job["task"]):
 - head, personalize, base: measurements with `ai_edge_litert.interpreter.Interpreter`
   (the device runtime, no tensorflow import); `head` also times tensorflow's deprecated
   `tf.lite.Interpreter` on the same files.
+- first_answer: LiteRT's equivalent of edgetune's first answer on a new profile: load
+  the .tflite base (batch 1) and the head (its interpreter allocated, ready to train),
+  the features of one sample per class, then the query's features and a nearest-class-
+  mean prediction (cosine, softmax(cos / 0.1): edgetune's prototypes) in numpy.
 """
 
 from __future__ import annotations
@@ -452,7 +456,37 @@ def personalize(job: dict) -> dict:
             "train_accuracy": accuracy}
 
 
-TASKS = {"build": build, "train": head, "base": base, "personalize": personalize}
+def first_answer(job: dict) -> dict:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    phases = {"import": time.perf_counter() - T0}
+    images = np.load(job["images"], mmap_mode="r")
+    samples = [np.array(images[i:i + 1]) for i in job["samples"]]
+    query = np.array(images[job["query"]:job["query"] + 1])
+    t = time.perf_counter()
+    model = Base(job["base_tflite"], 1, Interpreter, job["threads"])
+    head_model = Interpreter(model_path=job["tflite"], num_threads=job["threads"])
+    head_model.get_signature_runner("train")  # allocated: ready to train, as a profile is
+    phases["open"] = time.perf_counter() - t
+    t = time.perf_counter()
+    feats = np.concatenate([model(x) for x in samples]).astype(np.float32)
+    means = feats / np.linalg.norm(feats, axis=1, keepdims=True)  # one sample per class
+    phases["samples"] = time.perf_counter() - t
+    t = time.perf_counter()
+    q = model(query)[0].astype(np.float32)
+    logits = means @ (q / np.linalg.norm(q)) / 0.1
+    scores = np.exp(logits - logits.max())
+    scores /= scores.sum()
+    answer = f"c{int(np.argmax(scores))}"
+    phases["answer"] = time.perf_counter() - t
+    total = time.perf_counter() - T0
+    return {"total": total, "cpu": _job.cpu_seconds(), "phases": phases,
+            "peak_mib": _job.peak_mib(), "answer": answer}
+
+
+TASKS = {"build": build, "train": head, "base": base, "personalize": personalize,
+         "first_answer": first_answer}
 
 if __name__ == "__main__":
     job = _job.load_job()

