@@ -157,3 +157,32 @@ def test_tab_settings_upload_held_out_accuracy_reload_mid_run(pw, default_bundle
     others = [p for _, p, _ in paths
               if not (p == "" or p.startswith(("static/", "bundle/", "api/state")))]
     assert not others, others
+
+
+def test_a_second_tab_waits_for_the_first_and_takes_over(pw, default_bundle_path, tmp_path):
+    """Two tabs of the page in one browser share one profile (IndexedDB): the second one
+    waits and says so (nothing it does reaches the server meanwhile), and takes over with
+    the first one's classes when that tab closes."""
+    posts, errors = [], []
+    with running(default_bundle_path, tmp_path / "profile") as (server, personalizer), \
+            browser(pw, user_data=tmp_path / "u") as context:
+        context.on("request", lambda r: r.method not in ("GET", "HEAD") and posts.append(r.url))
+        first = page_of(context, errors)
+        first.goto(server.url)
+        expect(first.locator("body")).to_have_attribute("data-mode", "tab", timeout=60_000)
+        add_class(first, "mug")
+        second = context.new_page()
+        second.on("pageerror", lambda e: errors.append(str(e)))
+        second.goto(server.url)
+        expect(second.locator("#status")).to_have_text("Open in another tab", timeout=10_000)
+        expect(second.locator("#toast")).to_contain_text("open in another tab")
+        second.get_by_label("New class").fill("cup")
+        second.get_by_label("New class").press("Enter")  # waits for the tab to take over
+        second.wait_for_timeout(500)
+        assert personalizer.classes() == [] and not posts, posts
+        first.close()
+        expect(second.locator("body")).to_have_attribute("data-mode", "tab", timeout=60_000)
+        expect(second.locator("li.class-card[data-name='mug']")).to_be_visible()
+        expect(second.locator("li.class-card[data-name='cup']")).to_be_visible()
+        assert personalizer.classes() == [] and not posts, posts
+    assert not errors, errors

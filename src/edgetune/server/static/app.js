@@ -177,14 +177,19 @@ function startMedia(kind) {
 drawLoss();
 // In the tab by default (tab.js: edgetune.js answers the API, frames stay here); the
 // server's WebSocket in server mode (?mode=server) or when the tab cannot run the model.
-const backend = await chooseBackend();
-if (backend.mode === "tab") {
-  try {
-    await startTab(handle);
-  } catch (e) {
-    Object.assign(backend, { mode: "server", why: e.message || String(e) });
+// api() calls wait for this (ui.js): nothing reaches the server while the tab starts.
+let backend = null;
+app.backendReady = (async () => {
+  backend = await chooseBackend();
+  if (backend.mode === "tab") {
+    try {
+      await startTab(handle);
+    } catch (e) {
+      Object.assign(backend, { mode: "server", why: e.message || String(e) });
+    }
   }
-}
+})();
+await app.backendReady;
 if (backend.why && !backend.quiet && backend.mode === "server" && !backend.why.startsWith("server mode")) toast(`Server mode: ${backend.why}`, true);
 api("GET", "/api/state").then((state) => {
   if (state && !app.state) setState(state);

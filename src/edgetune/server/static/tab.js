@@ -63,6 +63,28 @@ function samplesOf(p, urls) {
   });
 }
 
+/** One tab at a time holds the profile (as the Python profile's lock: one writer): a
+ * second tab of the page in this browser waits, saying so, and takes over when the first
+ * one closes (then it reads the samples and the head the first one left). */
+async function holdProfile() {
+  if (!navigator.locks) return;
+  let waiting = null;
+  await new Promise((held) => {
+    navigator.locks.request(`edgetune.profile.${PROFILE}`, () => {
+      held();
+      return new Promise(() => {}); // kept while the page lives
+    });
+    waiting = setTimeout(() => {
+      const pill = $("status");
+      pill.textContent = "Open in another tab";
+      pill.dataset.state = "offline";
+      toast("This page is open in another tab of this browser, which holds your samples and model. "
+        + "Use that tab, or close it: this one takes over then.", true);
+    }, 500);
+  });
+  clearTimeout(waiting);
+}
+
 /** The tab's backend: `api(method, url, body)` like the server's, messages to `handle`. */
 export class TabBackend {
   constructor(p, defaults, handle) {
@@ -83,6 +105,7 @@ export class TabBackend {
   }
 
   static async start(handle) {
+    await holdProfile();
     const { Personalizer } = await import("./edgetune.js");
     const defaults = await fetch("/api/state", { credentials: "same-origin" }).then((r) => r.json());
     const p = await Personalizer.open("/bundle/", { profile: PROFILE });

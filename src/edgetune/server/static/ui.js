@@ -14,6 +14,7 @@ export const app = {
   recording: null,        // the class being recorded
   points: [],             // the loss curve: [epoch, loss]
   run: null,
+  backendReady: null,     // settles once the page knows where it runs (app.js)
   filePredictionUntil: 0, // a file's prediction stays on screen until then
   cards: new Map(),       // class name -> its <li>
   bars: new Map(),        // class name -> its bar <li>
@@ -55,6 +56,7 @@ export function toast(message, isError = false) {
 // JSON, or null after a toast saying what went wrong. quiet: no toast; a failure answers
 // {failed: "what went wrong", ...the answer's other fields} for the caller to word.
 export async function api(method, url, body, { quiet = false } = {}) {
+  if (app.backendReady) await app.backendReady;  // the tab or the server: chosen at start (app.js)
   if (app.tab) return app.tab.api(method, url, body, { quiet });  // the page runs in the tab (tab.js)
   const fail = (message, data = null) => {
     if (quiet) return { ...(data || {}), failed: message };
