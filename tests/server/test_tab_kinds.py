@@ -154,8 +154,24 @@ def test_audio_bundles_in_the_tab_as_in_python(pw, tmp_path):
             let silent = null;
             try {{ await p.addSample(new Float32Array(16000), "stop"); }}
             catch (e) {{ silent = e.code; }}
+            // a head-only copy of the profile: its stored data, the profile's open-set default
+            await p.setOpenSet(true);
+            const q = await Personalizer.open("/bundle/", {{ profile: "audio", base: false }});
+            const mineData = p.trainingData(), theirData = q.trainingData();
+            const probe = Float32Array.from(featuresResampled[0]);
+            const headOnly = {{
+                sameData: mineData.classes.join() === theirData.classes.join()
+                    && mineData.X.every((v, i) => v === theirData.X[i])
+                    && mineData.y.every((v, i) => v === theirData.y[i]),
+                n: theirData.y.length, openSet: q.openSet,
+                mine: (await p.predictFeatures(probe, 1))[0],
+                theirs: (await q.predictFeatures(probe, 1))[0],
+            }};
+            try {{ await q.predict(pcm(arg.test[0])); }} catch (e) {{ headOnly.refused = e.code; }}
+            q.close();
+            p.close();
             return {{ rows, features, before, after, resampled, featuresResampled, rowsResampled,
-                     silent,
+                     silent, headOnly,
                      values: {VALUES}, step: p.step, classes: p.classes() }};
         """, {"train": [x.tolist() for x in train16], "labels": labels,
               "test": [x.tolist() for x in test16], "test48": [x.tolist() for x in test48],
@@ -188,6 +204,10 @@ def test_audio_bundles_in_the_tab_as_in_python(pw, tmp_path):
     assert snr.min() > 30
     assert [r["label"] for r in result["resampled"]] == [r["label"] for r in resampled]
     assert result["silent"] == "bad_input"
+    head_only = result["headOnly"]
+    assert head_only["sameData"] and head_only["n"] == len(keys) and head_only["openSet"]
+    assert head_only["mine"] == head_only["theirs"] and "unknown" in head_only["theirs"]
+    assert head_only["refused"] == "no_base"
     python.close()
 
 

@@ -25,7 +25,7 @@ import { EdgetuneError, fetchVerified, openBundle, parseSafetensors, product } f
 import { checkNames, loadOrt, ORT_URL, session } from "./edgetune/ort.js";
 import { thumbnail } from "./edgetune/image.js";
 import { inputKind } from "./edgetune/inputs.js";
-import { calibrate, judgeAll } from "./edgetune/openset.js";
+import { calibrate, comparable, judgeAll } from "./edgetune/openset.js";
 import { ProfileStore } from "./edgetune/store.js";
 
 export { EdgetuneError } from "./edgetune/manifest.js";
@@ -61,7 +61,8 @@ export class Personalizer {
    * page), precision ("fp32", or "int8" for bundles with base_int8), database (the
    * IndexedDB name, "edgetune"), ortUrl (onnxruntime-web's ESM file), tokenizersUrl
    * (@huggingface/tokenizers' ESM file, for text bundles), openSet (answer "unknown":
-   * true/false recorded in the profile; default: the profile's choice, off).
+   * true/false recorded in the profile; default: the profile's choice, off), base
+   * (false: no base graph is loaded, a head only: addFeatures, predictFeatures, fit).
    */
   static async open(url, options = {}) {
     const p = new Personalizer();
@@ -98,12 +99,15 @@ export class Personalizer {
     }
     this.columnsOf = new ClassColumns(m, init);
     this._graphs = {};
-    for (const role of [this.baseRole, "infer"]) {
+    this.hasBase = options.base ?? true; // false: a head only (addFeatures, predictFeatures, fit)
+    for (const role of this.hasBase ? [this.baseRole, "infer"] : ["infer"]) {
       this._graphs[role] = await fetchVerified(this.bundle, m.graphs[role], `graphs.${role}`);
     }
-    this._base = await session(this.ort, this._graphs[this.baseRole], `graph ${this.baseRole}`);
-    checkNames(this._base, m.graphs[this.baseRole], this.baseRole);
-    this.kind = await inputKind(this.bundle, m.graphs[this.baseRole], options);
+    if (this.hasBase) {
+      this._base = await session(this.ort, this._graphs[this.baseRole], `graph ${this.baseRole}`);
+      checkNames(this._base, m.graphs[this.baseRole], this.baseRole);
+      this.kind = await inputKind(this.bundle, m.graphs[this.baseRole], options);
+    }
     this._infer = await session(this.ort, this._graphs.infer, "graph infer");
     checkNames(this._infer, m.graphs.infer, "infer", m.params.map((q) => q.infer_input));
 
@@ -151,13 +155,19 @@ export class Personalizer {
   _prototypes() {
     if (this._sumsStale) {
       const { X, y } = this._data();
-      const { sums, counts } = classSums(X, y, this._classes.length, this.F);
-      this._sums = { sums, counts, classes: [...this._classes],
-        means: classMeans(sums, this._classes.length, this.F),
-        calibration: calibrate(X, y, this._classes, this.F) };
+      const { Z, F } = this._comparable(X, y.length);
+      const { sums, counts } = classSums(Z, y, this._classes.length, F);
+      this._sums = { sums, counts, classes: [...this._classes], F,
+        means: classMeans(sums, this._classes.length, F),
+        calibration: calibrate(Z, y, this._classes, F) };
       this._sumsStale = false;
     }
     return this._sums;
+  }
+
+  /** Features as the rows prototypes and the open set compare (prototypes.comparable). */
+  _comparable(X, n) {
+    return comparable(X, n, this.featuresShape, this.manifest.features.layout);
   }
 
   _publish() {
@@ -193,17 +203,24 @@ export class Personalizer {
    * sampleRate (of a Float32Array; default the bundle's), silenceDb, maxClipped (audio).
    */
   async features(source, options = {}) {
+    this._needBase();
     const { row, ...prepared } = await this.kind.prepare(source, options);
     return { ...prepared, features: await this.baseFeatures(row, 1) };
   }
 
   /** The base's input row of one source (what Python's preparer.prepare gives). */
   async prepare(source, options = {}) {
+    this._needBase();
     return (await this.kind.prepare(source, options)).row;
+  }
+
+  _needBase() {
+    if (!this.hasBase) throw new EdgetuneError("opened with {base: false}: use addFeatures and predictFeatures", "no_base");
   }
 
   /** The base on rows already shaped as its input, laid end to end: Float32Array [n * F]. */
   async baseFeatures(rows, n) {
+    this._needBase();
     const graph = this.manifest.graphs[this.baseRole];
     const width = this.kind.rowLength;
     const out = new Float32Array(n * this.F);
@@ -318,6 +335,11 @@ export class Personalizer {
     }
   }
 
+  /** The stored samples: {X: Float32Array [n * F], y: Int32Array [n] (indices into classes), classes}. */
+  trainingData() {
+    return { ...this._data(), classes: [...this._classes] };
+  }
+
   /** All samples' features [n * F] and label indices [n]. */
   _data() {
     const n = this._samples.length;
@@ -358,7 +380,8 @@ export class Personalizer {
       source = "head";
     } else {
       this._prototypes();
-      const all = prototypeScores(features, n, this._sums.sums, this._sums.counts, this.F);
+      const { Z, F } = this._comparable(features, n);
+      const all = prototypeScores(Z, n, this._sums.sums, this._sums.counts, F);
       const k = this._sums.classes.length;
       scores = new Float32Array(n * C);
       for (let r = 0; r < n; r++) {
@@ -377,7 +400,8 @@ export class Personalizer {
     }
     if (openSet ?? this._openSet) {
       const { classes, means, calibration } = this._prototypes();
-      return judgeAll(features, this.F, out, classes, means, calibration);
+      const { Z, F } = this._comparable(features, n);
+      return judgeAll(Z, F, out, classes, means, calibration);
     }
     return out;
   }
@@ -487,6 +511,7 @@ export class Personalizer {
   async exportOnnx() {
     const snap = this._snapshot;
     if (!snap.trained) throw new EdgetuneError("nothing trained yet: fit() before exporting", "not_trained");
+    this._needBase();
     const m = this.manifest;
     const model = composeStandalone(this._graphs[this.baseRole], this._graphs.infer,
       m.graphs[this.baseRole].outputs.features, m.graphs.infer.inputs.features, snap.params, {
@@ -498,12 +523,14 @@ export class Personalizer {
     return model;
   }
 
-  /** Stop training and let the profile go (the worker, the database connection). */
+  /** Stop training and let the profile go (the worker, the sessions, the database connection). */
   close() {
     this.stop();
     this._worker?.terminate();
     this._worker = null;
     this._fitting = null;
+    for (const s of [this._base, this._infer]) s?.release().catch(() => {});
+    this._base = this._infer = null;
     this.store?.close();
   }
 }

@@ -128,8 +128,11 @@ function sampleReader(view, code, bits, name) {
 
 // -- resampling: windowed sinc (Kaiser), polyphase for the rational ratio out/in --------
 
-const ZERO_CROSSINGS = 32; // each side, at the cutoff: the filter's length
-const ROLLOFF = 0.94; // the passband ends at 94 % of the lower Nyquist frequency
+// Chosen against soxr (HQ) on real speech: 48 zero crossings and a 95.5 % passband give
+// a 50 dB signal-to-difference ratio at 48 kHz -> 16 kHz (32 and 94 %: 40 dB), the rest of
+// the difference in the top 500 Hz, where the two filters' transition bands differ.
+const ZERO_CROSSINGS = 48; // each side, at the cutoff: the filter's length
+const ROLLOFF = 0.955; // the passband ends at 95.5 % of the lower Nyquist frequency
 const BETA = 8.6; // Kaiser window: about 86 dB stopband
 const MAX_PHASES = 4096; // more distinct phases (odd rate pairs): taps computed per sample
 const filters = new Map();

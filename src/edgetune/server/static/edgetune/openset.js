@@ -19,6 +19,31 @@ export const MARGIN = 2.0;
 export const MIN_OWN = 5;
 const EPS = 1e-12;
 
+/**
+ * Cached features as the rows prototypes and the open set compare: {Z: [n * F], F}. The
+ * features as they are, or for layout "tokens+mask" (a text bundle trained beyond its
+ * head caches [n, L, H + 1]: each token's activations, its mask last) their mean over
+ * the real tokens, [n, H]: a sentence vector (comparable in Python).
+ */
+export function comparable(X, n, shape, layout) {
+  if (layout !== "tokens+mask") return { Z: X, F: shape.reduce((a, b) => a * b, 1) };
+  const [L, W] = shape;
+  const H = W - 1;
+  const Z = new Float32Array(n * H);
+  for (let r = 0; r < n; r++) {
+    let count = 0;
+    const acc = new Float64Array(H);
+    for (let t = 0; t < L; t++) {
+      const at = (r * L + t) * W;
+      const mask = X[at + H];
+      count += mask;
+      for (let k = 0; k < H; k++) acc[k] += X[at + k] * mask;
+    }
+    for (let k = 0; k < H; k++) Z[r * H + k] = acc[k] / Math.max(count, 1e-9);
+  }
+  return { Z, F: H };
+}
+
 /** Rows [n, F] L2-normalized, float64. */
 function normalized(X, n, F) {
   const Z = new Float64Array(n * F);
