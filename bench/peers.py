@@ -77,7 +77,9 @@ def parse_args():
                         help="rounds of the timed jobs (head, finetune, base, gemm)")
     parser.add_argument("--pers-rounds", type=int, default=5,
                         help="fresh-process runs per system (personalize, first answer)")
-    parser.add_argument("--repeats", type=int, default=5, help="timings per job")
+    parser.add_argument("--base-rounds", type=int, default=2,
+                        help="rounds of the base throughput jobs (the longest)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per job")
     parser.add_argument("--steps", type=int, default=240, help="head steps per timing")
     parser.add_argument("--xc-steps", type=int, default=100, help="cross-check steps")
     parser.add_argument("--ft-steps", type=int, default=9, help="last-block steps per timing")
@@ -138,20 +140,30 @@ def measure(args, tmp: Path, inputs: dict, built: dict) -> dict:
             if kind not in args.workloads:
                 continue
             out_dir = tmp / f"params-{threads}"
-            jobs = train_jobs(inputs, built, args, kind, out_dir, threads == args.threads[0])
+            first = threads == args.threads[0]
+            jobs = train_jobs(inputs, built, args, kind, out_dir, first)
+            if not first:  # the cross-check once, at the first thread count
+                jobs = {s: {**j, "xc_steps": 0} for s, j in jobs.items()}
             runs = run_rounds(jobs, tmp, threads, gate, args.rounds, label)
             results["loads"] += load_record(runs)
             r[f"{kind}_t"] = {s: merge_timings(x, "train") for s, x in runs.items()}
+            if not first:
+                continue
             r[f"crosscheck_{kind}"] = crosscheck(r[f"{kind}_t"], out_dir)
             if kind == "finetune":
                 r["finetune_reference"] = float64_reference(r["finetune_t"], out_dir)
     if "profile" in args.workloads:
         job = {"task": "profile", "batch": 32, "runs": 500, "ft_runs": 6,
                "repeats": args.repeats, "out": str(tmp),
-               "configs": inputs["edgetune_heads"] + inputs["edgetune_finetune"]}
-        res = run_worker("edgetune", job, tmp, args.threads[0], gate)
-        results["loads"] += load_record({"edgetune": [res]})
-        results["profile"] = res["profile"]
+               "configs": inputs["edgetune_heads"] + inputs["edgetune_finetune"],
+               "bases": {"fp32": inputs["base_fp32"], "int8": inputs["base_int8"]},
+               "images": str(Path(inputs["data"]) / "images.npy")}
+        for threads in args.threads:  # the base at each count; the steps at the first
+            res = run_worker("edgetune", job, tmp, threads, gate)
+            results["loads"] += load_record({"edgetune": [res]})
+            results.setdefault("profile", res["profile"])
+            results.setdefault("base_profile", {})[str(threads)] = res["base_profile"]
+            job = {**job, "configs": []}
     if "footprint" in args.workloads:
         results["footprint"] = {name: footprint(VENVS / f"footprint-{name}")
                                 for name in FOOTPRINTS if (VENVS / f"footprint-{name}").exists()}

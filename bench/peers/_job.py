@@ -88,11 +88,12 @@ def train_task(job: dict, variants_for, np) -> dict:
         X, y = np.load(cfg["X"]), np.load(cfg["y"])
         for variant, factory in variants_for(cfg).items():
             key = f"{cfg['name']}|{variant}"
-            trainer = factory()
-            trainer.train(X, y, job["xc_steps"])
             stem = f"{job['system']}.{cfg['name']}.{variant}".replace(" ", "_")
-            for name, value in trainer.params().items():
-                np.save(out_dir / f"{stem}.{name}.npy", np.asarray(value, np.float32))
+            if job["xc_steps"]:  # 0: timings only (the cross-check ran at another count)
+                trainer = factory()
+                trainer.train(X, y, job["xc_steps"])
+                for name, value in trainer.params().items():
+                    np.save(out_dir / f"{stem}.{name}.npy", np.asarray(value, np.float32))
             trainer = factory()
             results[key] = timed(lambda trainer=trainer, X=X, y=y: trainer.train(X, y, S), S,
                                  repeats)

@@ -109,6 +109,7 @@ def personalize(job: dict) -> dict:
     from edgetune.runtime.personalizer import Personalizer
 
     phases = {"import": time.perf_counter() - T0}
+    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
     personalizer.BASE_BATCH = job["base_batch"]
     t = time.perf_counter()
     images, labels = np.load(job["images"]), np.load(job["labels"])
@@ -118,12 +119,15 @@ def personalize(job: dict) -> dict:
                      precision=job.get("precision"))
     p._base_session()  # opened lazily by the first add_samples; counted as model load
     phases["model load"] = time.perf_counter() - t
+    mem["model load"] = _job.peak_mib()
     t = time.perf_counter()
     p.add_samples(list(images), names)
     phases["features"] = time.perf_counter() - t
+    mem["features"] = _job.peak_mib()
     t = time.perf_counter()
     records = p.fit(epochs=job["epochs"], batch_size=job["batch"], early_stop=False)
     phases["training"] = time.perf_counter() - t
+    mem["training"] = _job.peak_mib()
     total = time.perf_counter() - T0
     cpu = _job.cpu_seconds()
     peak = _job.peak_mib()
@@ -131,7 +135,7 @@ def personalize(job: dict) -> dict:
     np.save(Path(job["out"]) / "edgetune.personalize.features.npy", X)
     accuracy = float(np.mean([r["label"] == t for r, t in zip(p.predict_features(X), names)]))
     p.close()
-    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak, "mem": mem,
             "final_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
             "train_accuracy": accuracy}
 
@@ -150,21 +154,25 @@ def first_answer(job: dict) -> dict:
     from edgetune.runtime.personalizer import Personalizer
 
     phases = {"import": time.perf_counter() - T0}
+    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
     samples, query = _photos(job)
     t = time.perf_counter()
     p = Personalizer(job["bundle"], Path(job["out"]) / f"first-{time.time_ns()}",
                      threads=job["threads"], precision=job["precision"])
     phases["open"] = time.perf_counter() - t
+    mem["open"] = _job.peak_mib()
     t = time.perf_counter()
     p.add_samples(samples, [f"c{i}" for i in range(len(samples))])
     phases["samples"] = time.perf_counter() - t
+    mem["samples"] = _job.peak_mib()
     t = time.perf_counter()
     answer = p.predict(query)
     phases["answer"] = time.perf_counter() - t
+    mem["answer"] = _job.peak_mib()
     total = time.perf_counter() - T0
     cpu, peak = _job.cpu_seconds(), _job.peak_mib()
     p.close()
-    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak, "mem": mem,
             "answer": answer["label"], "source": answer["source"]}
 
 
@@ -268,6 +276,12 @@ def _summarize(profile_file: str, steps_per_run: int) -> dict:
     per_op: dict = collections.defaultdict(float)
     for (op, _), v in node_us.items():
         per_op[op] += v
+    kinds: dict = collections.defaultdict(float)  # convolutions by their weight's shape
+    for (op, node), v in node_us.items():
+        w = shapes[(op, node)][1] if len(shapes[(op, node)]) > 1 else []
+        if "Conv" in op and len(w) == 4:
+            kinds["depthwise" if w[1] == 1 and w[2] > 1 else
+                  "1x1" if w[2] == w[3] == 1 else f"{w[2]}x{w[3]}"] += v
     top = sorted(node_us.items(), key=lambda kv: -kv[1])[:8]
     return {
         "runs": len(runs),
@@ -275,6 +289,7 @@ def _summarize(profile_file: str, steps_per_run: int) -> dict:
         "kernel_us": statistics.median(kernel) / steps_per_run,
         "kernels_per_step": statistics.median(counts) / steps_per_run,
         "ops": {op: v for op, v in sorted(per_op.items(), key=lambda kv: -kv[1])[:8]},
+        "conv_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
         "top_nodes": [{"op": k[0], "node": k[1], "us": v, "inputs": shapes[k]}
                       for k, v in top],
     }
@@ -314,7 +329,7 @@ def profile(job: dict) -> dict:
     # The first config is measured twice and its first pass dropped: right after the
     # process starts the same step times ~25% slower (warm-up of the process, not of a
     # session).
-    for n, cfg in enumerate([job["configs"][0], *job["configs"]]):
+    for n, cfg in enumerate(job["configs"][:1] + job["configs"]):
         X, y = np.load(cfg["X"]), np.load(cfg["y"])
         runs = job["runs"] if "last" not in cfg["name"] else job["ft_runs"]
         params = {name: np.load(path) for name, path in cfg["params"].items()}
@@ -360,7 +375,22 @@ def profile(job: dict) -> dict:
             entry["epoch"]["batches_per_call"] = k
         if n:
             out[cfg["name"]] = entry
-    return {"profile": out}
+    return {"profile": out, "base_profile": _profile_bases(job, threads)}
+
+
+def _profile_bases(job: dict, threads: int) -> dict:
+    """The base at batch 1 under the profiler, per precision: ms per image by op type."""
+    import numpy as np
+
+    images = np.load(job["images"], mmap_mode="r")[:job.get("base_images", 20)]
+    out = {}
+    for precision, path in job.get("bases", {}).items():
+        sess = _profile_session(path, threads, str(Path(job["out"]) / f"prof_base_{precision}"))
+        name = sess.get_inputs()[0].name
+        for image in images:
+            sess.run(None, {name: np.array(image[None])})
+        out[precision] = _summarize(sess.end_profiling(), 1)
+    return out
 
 
 TASKS = {"train": train, "base": base, "personalize": personalize, "profile": profile,

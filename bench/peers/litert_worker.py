@@ -426,12 +426,14 @@ def personalize(job: dict) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     phases = {"import": time.perf_counter() - T0}
+    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
     t = time.perf_counter()
     images, labels = np.load(job["images"]), np.load(job["labels"])
     base_batch = job["base_batch"]
     model = Base(job["base_tflite"], base_batch, Interpreter, job["threads"])
     trainer = Trainer(np, job["tflite"], Interpreter, job["lr"], job["batch"], job["threads"])
     phases["model load"] = time.perf_counter() - t
+    mem["model load"] = _job.peak_mib()
     t = time.perf_counter()
     parts = []
     for i in range(0, len(images), base_batch):
@@ -442,16 +444,18 @@ def personalize(job: dict) -> dict:
         parts.append(model(chunk)[:len(images) - i])
     feats = np.concatenate(parts)
     phases["features"] = time.perf_counter() - t
+    mem["features"] = _job.peak_mib()
     t = time.perf_counter()
     losses = _job.personalize_loop(len(labels), job["epochs"], job["batch"],
                                    lambda rows: trainer.step_rows(feats[rows], labels[rows]), np)
     phases["training"] = time.perf_counter() - t
+    mem["training"] = _job.peak_mib()
     total = time.perf_counter() - T0
     cpu = _job.cpu_seconds()
     peak = _job.peak_mib()
     np.save(Path(job["out"]) / "litert.personalize.features.npy", feats)
     accuracy = float((trainer.predict(feats).argmax(1) == labels).mean())
-    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak, "mem": mem,
             "final_loss": losses[-1][-1],
             "train_accuracy": accuracy}
 
@@ -461,6 +465,7 @@ def first_answer(job: dict) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     phases = {"import": time.perf_counter() - T0}
+    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
     images = np.load(job["images"], mmap_mode="r")
     samples = [np.array(images[i:i + 1]) for i in job["samples"]]
     query = np.array(images[job["query"]:job["query"] + 1])
@@ -469,10 +474,12 @@ def first_answer(job: dict) -> dict:
     head_model = Interpreter(model_path=job["tflite"], num_threads=job["threads"])
     head_model.get_signature_runner("train")  # allocated: ready to train, as a profile is
     phases["open"] = time.perf_counter() - t
+    mem["open"] = _job.peak_mib()
     t = time.perf_counter()
     feats = np.concatenate([model(x) for x in samples]).astype(np.float32)
     means = feats / np.linalg.norm(feats, axis=1, keepdims=True)  # one sample per class
     phases["samples"] = time.perf_counter() - t
+    mem["samples"] = _job.peak_mib()
     t = time.perf_counter()
     q = model(query)[0].astype(np.float32)
     logits = means @ (q / np.linalg.norm(q)) / 0.1
@@ -480,9 +487,10 @@ def first_answer(job: dict) -> dict:
     scores /= scores.sum()
     answer = f"c{int(np.argmax(scores))}"
     phases["answer"] = time.perf_counter() - t
+    mem["answer"] = _job.peak_mib()
     total = time.perf_counter() - T0
     return {"total": total, "cpu": _job.cpu_seconds(), "phases": phases,
-            "peak_mib": _job.peak_mib(), "answer": answer}
+            "peak_mib": _job.peak_mib(), "mem": mem, "answer": answer}
 
 
 TASKS = {"build": build, "train": head, "base": base, "personalize": personalize,

@@ -190,27 +190,31 @@ def personalize(job: dict) -> dict:
     from onnxruntime.training import api  # noqa: F401
 
     phases = {"import": time.perf_counter() - T0}
+    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
     t = time.perf_counter()
     images, labels = np.load(job["images"]), np.load(job["labels"])
     sess = session(job["base_onnx"], job["threads"])
     trainer = Trainer(job["artifacts"], job["lr"], job["batch"], job["threads"])
     phases["model load"] = time.perf_counter() - t
+    mem["model load"] = _job.peak_mib()
     t = time.perf_counter()
     name, base_batch = sess.get_inputs()[0].name, job["base_batch"]
     feats = np.concatenate([sess.run(None, {name: images[i:i + base_batch]})[0]
                             for i in range(0, len(images), base_batch)])
     phases["features"] = time.perf_counter() - t
+    mem["features"] = _job.peak_mib()
     t = time.perf_counter()
     losses = _job.personalize_loop(len(labels), job["epochs"], job["batch"],
                                    lambda rows: trainer.step_rows(feats[rows], labels[rows]), np)
     phases["training"] = time.perf_counter() - t
+    mem["training"] = _job.peak_mib()
     total = time.perf_counter() - T0
     cpu = _job.cpu_seconds()
     peak = _job.peak_mib()
     np.save(Path(job["out"]) / "ortt.personalize.features.npy", feats)
     W, b = trainer.params().values()
     accuracy = float(((feats @ W.T + b).argmax(1) == labels).mean())
-    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak, "mem": mem,
             "final_loss": float(losses[-1][-1]), "train_accuracy": accuracy}
 
 

@@ -227,10 +227,14 @@ def count_flops(onnx, path: Path) -> dict:
     for t in model.graph.initializer:
         shapes[t.name] = list(t.dims)
     per_op: dict[str, float] = {}
+    per_kind: dict[str, float] = {}
     for node in model.graph.node:
         if node.op_type == "Conv":
             w, out = shapes[node.input[1]], shapes[node.output[0]]
             flops = 2 * int(np.prod(out)) * int(np.prod(w[1:]))  # Cin/group * kh * kw
+            kind = ("depthwise" if w[1] == 1 and w[2] > 1 else
+                    "1x1" if w[2] == w[3] == 1 else f"{w[2]}x{w[3]}")
+            per_kind[kind] = per_kind.get(kind, 0) + flops
         elif node.op_type in ("Gemm", "MatMul"):
             a, out = shapes[node.input[0]], shapes[node.output[0]]
             trans_a = any(x.name == "transA" and x.i for x in node.attribute)
@@ -239,4 +243,4 @@ def count_flops(onnx, path: Path) -> dict:
         else:
             continue
         per_op[node.op_type] = per_op.get(node.op_type, 0) + flops
-    return {"total": float(sum(per_op.values())), "per_op": per_op}
+    return {"total": float(sum(per_op.values())), "per_op": per_op, "per_kind": per_kind}

@@ -35,7 +35,8 @@ def report(args, built, results: dict, vers: dict) -> str:
         "runs at " + " and at ".join(threads_word(t) for t in threads) + " (onnxruntime "
         "`intra_op_num_threads`, LiteRT `num_threads`, `torch.set_num_threads`, "
         "`OMP_NUM_THREADS`). Times are medians over every repeat of every round "
-        f"({args.rounds} rounds, {args.pers_rounds} for the fresh-process workloads, "
+        f"({args.rounds} rounds, {args.base_rounds} for base throughput, "
+        f"{args.pers_rounds} for the fresh-process workloads, "
         "rotating which system goes first; each worker a fresh process); \"best\" is the "
         "best repeat. The targets of issue 17 and where they fall are in the table at the "
         "top of this file.",
@@ -60,6 +61,8 @@ def report(args, built, results: dict, vers: dict) -> str:
         lines += footprint_section(results["footprint"])
     if "profile" in results:
         lines += profile_section(results["profile"])
+    if results.get("base_profile"):
+        lines += base_profile_section(results["base_profile"])
     lines += machine_section(args, results, vers)
     return "\n".join(lines) + "\n"
 
@@ -221,6 +224,10 @@ def fresh_table(merged: dict, phases: list[str], extra: list[tuple[str, str]] = 
     ]
     for phase in phases:
         lines.append(row(f"{phase}, s", lambda m, p=phase: f"{m['phases'].get(p, 0):.3f}"))
+    if all(m.get("mem") for m in merged.values()):
+        for phase in phases:
+            lines.append(row(f"peak RSS by the end of {phase}, MiB",
+                             lambda m, p=phase: f"{m['mem'].get(p, 0):.0f}"))
     lines += [
         row("peak RSS, MiB: median (best)",
             lambda m: f"{m['peak_mib']:.0f} ({m['peak_min']:.0f})"),
@@ -445,8 +452,13 @@ def gemm_lines(results, r, threads: int) -> list[str]:
             share = f" ({g / best:.0%})" if precision == "fp32" else ""
             cells.append(f"{LABEL[system]} {precision} {g:.1f} G{'FLOP' if share else 'OP'}"
                          f"/s{share}")
+    kinds = results["base_flops"].get("per_kind", {})
+    split = ", ".join(f"{k} {v / flops:.0%}" for k, v in sorted(kinds.items(),
+                                                                 key=lambda kv: -kv[1]))
     return [f"The base is {flops / 1e9:.3f} GFLOP per image (2 x the multiply-adds of its "
-            "Conv and Gemm nodes, from the graph's shapes). This machine's practical peak at "
+            "Conv and Gemm nodes, from the graph's shapes"
+            + (f"; convolutions: {split}" if split else "") + "). "
+            "This machine's practical peak at "
             f"{threads_word(threads)}: a {n}x{n} float32 matrix product, numpy's matmul "
             f"{numpy_g:.1f} GFLOP/s, onnxruntime's MatMul {ort_g:.1f} GFLOP/s (best repeat "
             "of each). At batch 1 (median; fp32 as a fraction of the higher peak): "
@@ -530,3 +542,28 @@ def profile_section(prof: dict) -> list[str]:
     return lines + [""]
 
 
+
+
+def base_profile_lines(bp: dict) -> list[str]:
+    """Per precision: ms per image inside onnxruntime, and the op types that take it."""
+    out = []
+    for precision, p in bp.items():
+        run, kernels = p["model_run_us"] / 1e3, p["kernel_us"] / 1e3
+        ops = "; ".join(f"{op} {us / 1e3:.2f} ms ({us / p['kernel_us']:.0%})"
+                        for op, us in list(p["ops"].items())[:5])
+        kinds = ", ".join(f"{k} {us / 1e3:.2f} ms" for k, us in p.get("conv_kinds", {}).items())
+        out.append(f"{precision}: {run:.2f} ms per image in the session, {kernels:.2f} ms in "
+                   f"{p['kernels_per_step']:.0f} kernels: {ops}"
+                   + (f"; convolutions by kind: {kinds}" if kinds else ""))
+    return out
+
+
+def base_profile_section(base_profile: dict) -> list[str]:
+    lines = ["### Where the base's time goes", "",
+             "onnxruntime's profiler on edgetune's base at batch 1 (20 photos, the first "
+             "dropped; median per image; op types as onnxruntime runs them after its graph "
+             "optimizations, e.g. NCHWc-blocked convolutions with fused activations):", ""]
+    for threads, bp in base_profile.items():
+        lines += [f"- {threads_word(int(threads))}: " + line
+                  for line in base_profile_lines(bp)]
+    return lines + [""]

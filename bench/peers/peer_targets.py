@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 
 from common import cpu_model, write_section
-from peer_report import gemm_peak
+from peer_report import base_profile_lines, gemm_peak
 from peer_runs import LABEL, threads_word
 
 TOP_HEADING = "## Issue 17 targets: edgetune against LiteRT and PyTorch eager"
@@ -60,8 +60,7 @@ def rows_for(results: dict, threads: int, missed: list[str]) -> list[str]:
         if kind == "fp32":
             add("1. personalization 4x20 photos, fp32 bases: peak memory ≤ 1.0x LiteRT's",
                 (e["peak_mib"], lite["peak_mib"]), (e["peak_min"], lite["peak_min"]), 1.0, mib,
-                lambda e=e, lite=lite: f"peak RSS {e['peak_mib']:.0f} MiB vs "
-                                       f"{lite['peak_mib']:.0f} MiB")
+                lambda e=e, lite=lite: _memory(e, lite))
     for precision, entry in r.get("first", {}).items():
         e, lite = entry["t"]["edgetune"], entry["t"]["litert"]
         add(f"2. time to first answer, new profile, {precision}: ≤ 1.0x LiteRT's",
@@ -110,9 +109,7 @@ def rows_for(results: dict, threads: int, missed: list[str]) -> list[str]:
                 (ours["median"], theirs["median"]), (ours["min"], theirs["min"]), 0.7,
                 lambda pair, ratio: f"{ratio:.2f}x ({pair[0] * 1e3:.1f} vs "
                                     f"{pair[1] * 1e3:.1f} ms)",
-                lambda: "see \"Where edgetune's time goes\" (last block rows): the two "
-                        "Gemms of the 1x1 conv_head (forward and weight gradient) are most "
-                        "of the step")
+                lambda c=config: _step_profile(results, c))
     if "last1" in pers:
         e, torch = pers["last1"]["t"]["edgetune"], pers["last1"]["t"]["torch"]
         add("4. personalization with last:1: peak memory against PyTorch's",
@@ -147,6 +144,32 @@ def _phases(e: dict, lite: dict, names: list[str]) -> str:
            f"(+{gaps[0][0]:.3f} s)"
 
 
+def _step_profile(results: dict, config: str) -> str:
+    """What the profiler (first thread count) shows of one last-block step."""
+    p = results.get("profile", {}).get(config)
+    if not p:
+        return "no profile in this run"
+    single = p["single"]
+    gemms = [n for n in single["top_nodes"] if n["op"] in ("Gemm", "MatMul")][:2]
+    share = sum(n["us"] for n in gemms)
+    return (f"the profiler (single-step graph, first thread count): "
+            f"{single['model_run_us'] / 1e3:.1f} ms per step in the session, "
+            f"{single['kernel_us'] / 1e3:.1f} ms in {single['kernels_per_step']:.0f} kernels, "
+            f"of which the two heaviest Gemms (the 1x1 conv_head forward and its weight "
+            f"gradient) {share / 1e3:.1f} ms ({share / single['kernel_us']:.0%}); "
+            "the rest: " + "; ".join(f"{op} {us / 1e3:.2f} ms" for op, us in
+                                     list(single["ops"].items())[1:4]))
+
+
+def _memory(e: dict, lite: dict) -> str:
+    """Where each process's high-water mark grew, phase by phase (median MiB)."""
+    if not (e.get("mem") and lite.get("mem")):
+        return f"peak RSS {e['peak_mib']:.0f} MiB vs {lite['peak_mib']:.0f} MiB"
+    names = list(e["mem"])
+    text = ", ".join(f"{n} {e['mem'][n]:.0f} vs {lite['mem'].get(n, 0):.0f}" for n in names)
+    return f"peak RSS by the end of each phase, edgetune vs LiteRT (MiB, median): {text}"
+
+
 def _gflops(results, r, e, lite, precision) -> str:
     flops = results["base_flops"]["total"]
     text = (f"edgetune {flops / e['median'] / 1e9:.1f} GFLOP/s vs LiteRT "
@@ -155,6 +178,10 @@ def _gflops(results, r, e, lite, precision) -> str:
     if peak:
         text += (f"; a large GEMM reaches {max(peak['numpy'], peak['onnxruntime']):.0f} "
                  "GFLOP/s here")
+    threads = next(t for t, x in results["by_threads"].items() if x is r)
+    bp = results.get("base_profile", {}).get(threads, {}).get(precision)
+    if bp:
+        text += "; the profiler: " + base_profile_lines({precision: bp})[0]
     return text
 
 

@@ -25,6 +25,7 @@ def _merge_fresh(runs: dict[str, list]) -> dict:
             "phases": {k: statistics.median(r["phases"][k] for r in rs)
                        for k in rs[0]["phases"]},
             "phases_min": {k: min(r["phases"][k] for r in rs) for k in rs[0]["phases"]},
+            "mem": {k: statistics.median(r["mem"][k] for r in rs) for k in rs[0].get("mem", {})},
             "all_totals": totals, "all_peaks": peaks,
             **({"accuracy": min(r["train_accuracy"] for r in rs)}
                if "train_accuracy" in rs[0] else {}),
@@ -108,8 +109,9 @@ def base_throughput(inputs, built, tmp: Path, threads: int, gate, args) -> dict:
         jobs = {s: {**j, "batches": args.batches[:1]} for s, j in jobs.items() if s != "torch"}
     jobs["gemm"] = {"task": "gemm", "sizes": args.gemm_sizes, "repeats": args.repeats}
     runs = run_rounds({s: j for s, j in jobs.items() if s != "gemm"}, tmp, threads, gate,
-                      args.rounds, "base")
-    gemm_runs = run_rounds({"edgetune": jobs["gemm"]}, tmp, threads, gate, args.rounds, "gemm")
+                      args.base_rounds, "base")
+    gemm_runs = run_rounds({"edgetune": jobs["gemm"]}, tmp, threads, gate, args.base_rounds,
+                           "gemm")
     merged = {s: merge_timings(r, "base") for s, r in runs.items()}
     ref = np.load(out / f"edgetune.fp32.b{args.batches[0]}.npy")
     scale = float(np.abs(ref).max())

@@ -98,7 +98,7 @@ def train(job: dict) -> dict:
 
     def variants(cfg):
         out = {"eager": lambda: Trainer(torch, np, cfg, job["batch"])}
-        if "conv_w" in cfg["params"]:  # references for the cross-check of the last block
+        if "conv_w" in cfg["params"] and job["xc_steps"]:  # the last block's cross-check
             out["eager, einsum (cross-check)"] = lambda: Trainer(torch, np, cfg, job["batch"],
                                                                  einsum=True)
             out["eager, float64 (cross-check)"] = lambda: Trainer(torch, np, cfg, job["batch"],
@@ -152,14 +152,17 @@ def personalize(job: dict) -> dict:
     import torch
 
     phases = {"import": time.perf_counter() - T0}
+    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
     torch.set_num_threads(job["threads"])
     t = time.perf_counter()
     images, labels = np.load(job["images"]), np.load(job["labels"])
     net = network(torch)
     phases["model load"] = time.perf_counter() - t
+    mem["model load"] = _job.peak_mib()
     t = time.perf_counter()
     feats = features(torch, net, images, job["base_batch"])
     phases["features"] = time.perf_counter() - t
+    mem["features"] = _job.peak_mib()
     t = time.perf_counter()
     head = torch.nn.Linear(feats.shape[1], job["classes"])
     with torch.no_grad():  # the same start as the other peers
@@ -178,13 +181,14 @@ def personalize(job: dict) -> dict:
 
     losses = _job.personalize_loop(len(labels), job["epochs"], job["batch"], step, np)
     phases["training"] = time.perf_counter() - t
+    mem["training"] = _job.peak_mib()
     total = time.perf_counter() - T0
     cpu = _job.cpu_seconds()
     peak = _job.peak_mib()
     np.save(Path(job["out"]) / "torch.personalize.features.npy", feats.numpy())
     with torch.no_grad():
         accuracy = float((head(feats).argmax(1).numpy() == labels).mean())
-    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak, "mem": mem,
             "final_loss": losses[-1][-1],
             "train_accuracy": accuracy}
 
@@ -208,14 +212,17 @@ def personalize_last1(job: dict) -> dict:
     import torch
 
     phases = {"import": time.perf_counter() - T0}
+    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
     torch.set_num_threads(job["threads"])
     t = time.perf_counter()
     images, labels = np.load(job["images"]), np.load(job["labels"])
     net = network(torch)
     phases["model load"] = time.perf_counter() - t
+    mem["model load"] = _job.peak_mib()
     t = time.perf_counter()
     acts = block_input(torch, net, images, job["base_batch"])
     phases["features"] = time.perf_counter() - t
+    mem["features"] = _job.peak_mib()
     t = time.perf_counter()
     model = Trainer(torch, np, {"params": job["params"], "optimizer": "adam", "lr": job["lr"]},
                     job["batch"])
@@ -231,11 +238,12 @@ def personalize_last1(job: dict) -> dict:
 
     losses = _job.personalize_loop(len(labels), job["epochs"], job["batch"], step, np)
     phases["training"] = time.perf_counter() - t
+    mem["training"] = _job.peak_mib()
     total = time.perf_counter() - T0
     cpu, peak = _job.cpu_seconds(), _job.peak_mib()
     with torch.no_grad():
         accuracy = float((model.forward(acts).argmax(1).numpy() == labels).mean())
-    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak,
+    return {"total": total, "cpu": cpu, "phases": phases, "peak_mib": peak, "mem": mem,
             "final_loss": float(losses[-1][-1]), "train_accuracy": accuracy}
 
 
