@@ -5,7 +5,9 @@ This module is read on the device, so it imports no build-time library: a bundle
 manifest (a dict) plus the bytes of its files. `Bundle.load` verifies everything
 before anything runs: the manifest's structure and version, every file's sha256, that
 no file escapes the directory, that no ONNX graph points at external data outside
-it, and that the initial parameters match their declared shapes.
+it, and that the initial parameters match their declared shapes. A file verified
+before and unchanged since (same inode, size and modification time: edgetune.verified)
+skips the hash and the scan when the caller passes the record (`verified=`).
 
     bundle = Bundle.load("model.edgetune")
     bundle.graph("train")            # verified bytes for onnxruntime.InferenceSession
@@ -30,6 +32,7 @@ from edgetune.errors import BundleError
 from edgetune.files import fsync_dir
 from edgetune.inputs import known_kinds, unknown_kind_message
 from edgetune.onnx_scan import ProtobufError, external_data_locations, fields
+from edgetune.verified import VerifiedFiles
 
 FORMAT = "edgetune.bundle"
 VERSION = 1
@@ -185,11 +188,41 @@ class Bundle:
         # file name -> (the bytes read, their sha256, the file's identity) for files read
         # by `load`: `save` reuses the hash and hard-links the file while both still hold.
         self._sources: dict[str, tuple[bytes, str, Path, tuple]] = {}
+        self._verified: VerifiedFiles | None = None  # for files read again (`_bytes`)
 
     # -- reading ------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Bundle:
-        """Read and verify a bundle directory; raise BundleError on any problem."""
+    def load(cls, path: str | os.PathLike, verified: VerifiedFiles | None | bool = False
+             ) -> Bundle:
+        """Read and verify a bundle directory; raise BundleError on any problem.
+        verified: the record of files verified before, to trust unchanged files
+        (True: the cache's, as the runtime's profiles do; False: hash every file and
+        open nothing outside the bundle directory)."""
+        if verified is True:
+            verified = VerifiedFiles()
+        verified = verified or None
+        root = Path(path)
+        manifest = cls.read_manifest(root)
+        files, sources, known = {}, {}, {}
+        for where, entry in cls._file_entries(manifest):
+            data, identity, known[entry["file"]] = cls._read_verified(
+                root, entry, where, verified, lazy=where.startswith("graphs."))
+            if data is not None:
+                files[entry["file"]] = data
+            sources[entry["file"]] = (data, entry["sha256"], root / entry["file"], identity)
+        bundle = cls(manifest, files, root.resolve())
+        bundle._sources = sources
+        bundle._verified = verified
+        for role, entry in manifest["graphs"].items():
+            bundle._check_external_data(role, entry["file"], root, known[entry["file"]])
+        bundle._check_initial_values()
+        if verified is not None:
+            verified.flush()
+        return bundle
+
+    @staticmethod
+    def read_manifest(path: str | os.PathLike) -> dict:
+        """The validated manifest of a bundle directory, without reading its files."""
         root = Path(path)
         if not root.is_dir():
             raise BundleError(f"{root} is not a bundle directory (expected NAME.edgetune/ "
@@ -206,17 +239,7 @@ class Bundle:
         except (ValueError, RecursionError) as e:  # also too deep, or a too long integer
             raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
         validate_manifest(manifest)
-        files, sources = {}, {}
-        for where, entry in cls._file_entries(manifest):
-            data, identity = cls._read_verified(root, entry, where)
-            files[entry["file"]] = data
-            sources[entry["file"]] = (data, entry["sha256"], root / entry["file"], identity)
-        bundle = cls(manifest, files, root.resolve())
-        bundle._sources = sources
-        for role, entry in manifest["graphs"].items():
-            bundle._check_external_data(role, entry["file"], root)
-        bundle._check_initial_values()
-        return bundle
+        return manifest
 
     @staticmethod
     def _file_entries(manifest: dict):
@@ -227,8 +250,14 @@ class Bundle:
             yield f"files.{key}", entry
 
     @staticmethod
-    def _read_verified(root: Path, entry: dict, where: str) -> tuple[bytes, tuple]:
-        """The file's verified bytes and its identity (device, inode, size, mtime)."""
+    def _read_verified(root: Path, entry: dict, where: str,
+                       verified: VerifiedFiles | None = None, lazy: bool = False
+                       ) -> tuple[bytes | None, tuple, dict]:
+        """The file's verified bytes, its identity (device, inode, size, mtime) and what
+        `verified` knows of it ({} for a file just hashed, recorded as it passes).
+        lazy: a trusted graph whose scan is known is not read (bytes None): the base is
+        13 MB that a session from its saved optimized form (runtime.optimized) never
+        needs; `graph()` reads it when asked."""
         file = root / entry["file"]
         real_root = root.resolve()
         try:
@@ -238,21 +267,38 @@ class Bundle:
             if not file.is_file():
                 raise BundleError(f"{where}: {entry['file']} is missing from {root}")
             with open(file, "rb") as f:
+                before = os.fstat(f.fileno())
+                known = (verified.trusted(before, entry["sha256"]) if verified is not None
+                         else None)
+                if known is not None and lazy and isinstance(known.get("external"), list):
+                    return None, _identity(before), known
                 data = f.read()
-                identity = _identity(os.fstat(f.fileno()))
+                st = os.fstat(f.fileno())
         except OSError as e:
             raise BundleError(f"{where}: cannot read {entry['file']!r} ({e})") from None
+        if known is not None and _identity(st) == _identity(before):  # unchanged meanwhile
+            return data, _identity(st), known
         if sha256(data) != entry["sha256"]:
             raise BundleError(f"{where}: sha256 of {entry['file']} does not match the manifest; "
                               f"the file changed after the bundle was written (re-copy or "
                               f"rebuild the bundle)")
-        return data, identity
+        if verified is not None:
+            verified.remember(st, entry["sha256"], None)
+        return data, _identity(st), {}
 
-    def _check_external_data(self, role: str, name: str, root: Path) -> None:
-        try:
-            locations = external_data_locations(self.files[name])
-        except ProtobufError as e:
-            raise BundleError(f"graphs.{role}: {name} is not a valid ONNX file ({e})") from None
+    def _check_external_data(self, role: str, name: str, root: Path,
+                             known: dict | None = None) -> None:
+        """No external data outside the bundle; `known`: what the record of verified
+        files kept of an earlier scan of the same bytes (then not scanned again)."""
+        locations = (known or {}).get("external")
+        if not isinstance(locations, list) or not all(isinstance(x, str) for x in locations):
+            try:
+                locations = external_data_locations(self.files[name])
+            except ProtobufError as e:
+                raise BundleError(f"graphs.{role}: {name} is not a valid ONNX file "
+                                  f"({e})") from None
+            if known is not None and self._verified is not None:
+                self._verified.annotate(self._sources[name][3], {"external": locations})
         real_root = root.resolve()
         for location in locations:
             try:
@@ -307,7 +353,7 @@ class Bundle:
         if self.path is None:
             raise BundleError(f"{where}: {entry['file']} is not in memory and the bundle has "
                               f"no directory to read it from")
-        return self._read_verified(self.path, entry, where)[0]
+        return self._read_verified(self.path, entry, where, self._verified)[0]
 
     def file(self, name: str) -> bytes:
         """The verified bytes of a file of the bundle listed under the manifest's
@@ -351,7 +397,8 @@ class Bundle:
                 "trainable": m.get("trainable"), "head": m.get("head"), "loss": m.get("loss"),
                 "optimizer": m.get("optimizer"), "classes": m.get("classes"),
                 "graphs": graphs, "params": params, "state_slots": len(self.state),
-                "total_bytes": sum(len(b) for b in self.files.values()), "verified": True}
+                "total_bytes": sum(len(self._bytes(e, w)) for w, e in self._file_entries(m)),
+                "verified": True}
 
     # -- writing --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -359,11 +406,12 @@ class Bundle:
         target = Path(path)
         if target.exists() and not overwrite:
             raise BundleError(f"{target} exists; pass overwrite=True (--force) to replace it")
-        for where, entry in self._file_entries(self.manifest):  # released: read them again
-            if entry["file"] not in self.files:
-                self.files[entry["file"]] = self._bytes(entry, where)
+        entries = {e["file"]: (where, e) for where, e in self._file_entries(self.manifest)}
+        for name, (where, entry) in entries.items():  # released: read them again
+            if name not in self.files and not self._unread(name):
+                self.files[name] = self._bytes(entry, where)
         unchanged = {name for name, (data, *_) in self._sources.items()
-                     if self.files.get(name) is data}
+                     if self.files.get(name) is data}  # data None: trusted, never read
         for _, entry in self._file_entries(self.manifest):
             name = entry["file"]
             entry["sha256"] = (self._sources[name][1] if name in unchanged
@@ -372,10 +420,13 @@ class Bundle:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            for name, data in {**self.files,
-                               MANIFEST: json.dumps(self.manifest, indent=2).encode()}.items():
+            for name in dict.fromkeys([*self.files, *entries, MANIFEST]):
                 if name in unchanged and self._link(name, tmp / name):
                     continue
+                data = (json.dumps(self.manifest, indent=2).encode() if name == MANIFEST
+                        else self.files.get(name))
+                if data is None:  # not read at load, and cannot be linked: read it now
+                    data = self._bytes(entries[name][1], entries[name][0])
                 with open(tmp / name, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -394,6 +445,17 @@ class Bundle:
             raise
         self.path = target.resolve()
         return target
+
+    def at(self, path: str | os.PathLike) -> Bundle:
+        """This verified bundle, its files read from `path` from now on (a copy `save`
+        wrote); files not read yet are verified as they are read."""
+        moved = Bundle(self.manifest, self.files, Path(path).resolve())
+        moved._verified = self._verified
+        return moved
+
+    def _unread(self, name: str) -> bool:
+        """Whether `load` left this file unread (trusted, read when used)."""
+        return name in self._sources and self._sources[name][0] is None
 
     def _link(self, name: str, to: Path) -> bool:
         """Hard-link the file `load` read (already on disk, no copy), if it is still the

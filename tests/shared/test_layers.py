@@ -28,7 +28,7 @@ FORBIDDEN_ON_DEVICE = ("torch", "tensorflow", "onnx", "onnxscript", "onnx_ir")
 
 SHARED = ("edgetune", "edgetune.bundle", "edgetune.errors", "edgetune.onnx_scan",
           "edgetune.hyperparams", "edgetune.inputs", "edgetune.files", "edgetune.paths",
-          "edgetune.names", "edgetune.defaults")
+          "edgetune.names", "edgetune.defaults", "edgetune.verified")
 # layer -> the layers it may import (besides itself)
 ALLOWED = {
     "shared": set(),

@@ -180,3 +180,23 @@ def compose_standalone(base: bytes, infer: bytes, base_features: str, infer_feat
     for key, value in metadata.items():
         model.append(_field(MODEL_METADATA, _field(ENTRY_KEY, key) + _field(ENTRY_VALUE, value)))
     return b"".join(model)
+
+
+def export_profile(bundle, base_role: str, infer_features: str, params: Mapping,
+                   classes: list[str], input_spec: Mapping, bundle_id: str, precision: str,
+                   preparer, path: str | os.PathLike) -> Path:
+    """Personalizer.export: the bundle's base `base_role` and infer graph with the
+    trained `params`, written atomically to `path` (and a text model's tokenizer beside
+    it, tokenizer_path)."""
+    from edgetune.files import atomic_write
+
+    model = compose_standalone(bundle.graph(base_role), bundle.graph("infer"),
+                               bundle.io(base_role)[1]["features"], infer_features, params,
+                               {"edgetune.classes": json.dumps(classes),
+                                "edgetune.input": json.dumps(input_spec),
+                                "edgetune.bundle": bundle_id,
+                                "edgetune.precision": precision})
+    if preparer.kind == "text":
+        tokenizer = preparer.tokenizer.to_str().encode("utf-8")
+        atomic_write(tokenizer_path(path), tokenizer)
+    return atomic_write(path, model)

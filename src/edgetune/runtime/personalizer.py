@@ -30,7 +30,6 @@ import numpy as np
 from edgetune.bundle import Bundle, sha256
 from edgetune.defaults import EPOCHS, MIN_IMAGE_SIZE
 from edgetune.errors import BadInputError, EdgetuneError, IncompatibleCheckpointError
-from edgetune.files import atomic_write
 from edgetune.hyperparams import check_batch_size, check_epochs, check_lr
 from edgetune.inputs import preparer_for
 from edgetune.names import class_name
@@ -58,9 +57,9 @@ from edgetune.runtime.prototypes import PrototypeClassifier, comparable
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, bundle_session
 
-# Images per base call: activations of 16 at once double the peak memory (336 vs
-# 190 MiB for EfficientNet-Lite0) and are no faster (bench/personalize.py).
-BASE_BATCH = 4
+# Images per base call: one at a time is as fast as 4 and peaks 37 MiB lower (122 vs
+# 159 MiB over 80 photos with EfficientNet-Lite0, one thread); 16 doubles the peak.
+BASE_BATCH = 1
 HISTORY_LIMIT = 1000  # epoch records kept in Personalizer.history
 
 
@@ -142,7 +141,7 @@ class Personalizer:
                                          self.read_only)
         self.checkpoints = CheckpointDir(self.profile / "checkpoints")
         self._threads = threads
-        self._rng = np.random.default_rng(seed)
+        self._rng, self._seed = None, seed  # numpy.random: 16 ms of import, made by fit
         self._lock = threading.RLock()  # guards parameter structure changes and training state
         self._base = None
         self._train_sessions: dict | None = None
@@ -197,12 +196,12 @@ class Personalizer:
         self._snapshot = _Snapshot(params, tuple(self._columns), self._trained)
 
     # -- samples --
-    def _session(self, role: str, inputs: Sequence[str] = (), outputs: Sequence[str] = ()):
-        return bundle_session(self.bundle, role, self._threads, inputs, outputs)
+    def _session(self, role: str, inputs: Sequence[str] = (), outputs: Sequence[str] = (), **kw):
+        return bundle_session(self.bundle, role, self._threads, inputs, outputs, **kw)
 
     def _base_session(self):
         if self._base is None:
-            self._base = self._session(self._base_role)
+            self._base = self._session(self._base_role, optimized=True)  # .optimized
             self.bundle.release(self._base_role)  # the session has its weights; export reads it
         return self._base
 
@@ -211,13 +210,13 @@ class Personalizer:
         bytes): [n, *features]."""
         return self.base_features([self.preparer.prepare(item) for item in images])
 
-    def base_features(self, rows, batch: int = BASE_BATCH) -> np.ndarray:
+    def base_features(self, rows, batch: int | None = None) -> np.ndarray:
         """Run the base on rows that are already its input (preparer.prepare's output, or
         windows a caller shaped itself: .stream), `batch` at a time: [n, *features]."""
         if not len(rows):
             return np.zeros((0, *self.features_shape), np.float32)
         inputs, outputs = self.bundle.io(self._base_role)
-        session = self._base_session()
+        session, batch = self._base_session(), batch or BASE_BATCH  # read at each call
         parts = [session.run([outputs["features"]],
                              self.preparer.feeds(np.stack(rows[i:i + batch]), inputs))[0]
                  for i in range(0, len(rows), batch)]
@@ -436,6 +435,8 @@ class Personalizer:
         lr = check_lr(suggested_lr(self.bundle) if lr is None else lr)
         self._stop.clear()
         with self._lock:
+            if self._rng is None:
+                self._rng = np.random.default_rng(self._seed)
             X, y = self.store.features_and_labels()
             if len(y) == 0:
                 raise BadInputError("no samples yet: add at least one sample before training")
@@ -541,23 +542,14 @@ class Personalizer:
         metadata (`edgetune.classes`). Runs with onnxruntime alone. A text model takes
         token ids and mask; its tokenizer (truncation and padding set) is written beside
         it: `NAME.tokenizer.json` (runtime.export.tokenizer_path)."""
-        from edgetune.runtime.export import compose_standalone, tokenizer_path
+        from edgetune.runtime.export import export_profile
 
         snap = self._snapshot
         if not snap.trained:
             raise EdgetuneError("nothing trained yet: fit() before exporting")
-        role = self._base_role
-        model = compose_standalone(self.bundle.graph(role), self.bundle.graph("infer"),
-                                   self.bundle.io(role)[1]["features"],
-                                   self._infer_io[0]["features"], snap.params,
-                                   {"edgetune.classes": json.dumps(list(snap.classes)),
-                                    "edgetune.input": json.dumps(self._input),
-                                    "edgetune.bundle": self._bundle_id,
-                                    "edgetune.precision": self._precision})
-        if self.preparer.kind == "text":
-            tokenizer = self.preparer.tokenizer.to_str().encode("utf-8")
-            atomic_write(tokenizer_path(path), tokenizer)
-        return atomic_write(path, model)
+        return export_profile(self.bundle, self._base_role, self._infer_io[0]["features"],
+                              snap.params, list(snap.classes), self._input, self._bundle_id,
+                              self._precision, self.preparer, path)
 
     # -- evaluation --
     def evaluate(self, data_dir: str | os.PathLike) -> dict:

@@ -34,16 +34,18 @@ def open_bundle(profile: Path, bundle, read_only: bool) -> Bundle:
             raise BundleError(f"profile {profile} has no bundle yet; pass the bundle "
                               f"the first time (edgetune train BUNDLE --profile ...)"
                               + ("; a read-only open creates nothing" if read_only else ""))
-        return Bundle.load(copy)
-    loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    if copy.is_dir():
-        pinned = Bundle.load(copy)
-        if pinned.manifest != loaded.manifest:
+        return Bundle.load(copy, verified=True)
+    if copy.is_dir():  # the bundle's manifest (its files' sha256) must be the pinned one's
+        pinned = Bundle.load(copy, verified=True)
+        given = bundle.manifest if isinstance(bundle, Bundle) else Bundle.read_manifest(bundle)
+        if pinned.manifest != given:
+            where = bundle.path if isinstance(bundle, Bundle) else bundle
             raise BundleError(f"profile {profile} was made with another bundle "
-                              f"({pinned.path}); use a new profile for {loaded.path}")
+                              f"({pinned.path}); use a new profile for {where}")
         return pinned
+    loaded = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, verified=True)
     loaded.save(copy)  # verified when loaded; the copy was written from the same bytes
-    return Bundle(loaded.manifest, loaded.files, copy.resolve())
+    return loaded.at(copy)
 
 
 def open_store(profile: Path, features_shape: tuple, bundle_id: str,

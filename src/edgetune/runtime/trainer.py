@@ -45,14 +45,21 @@ def make_session(model: bytes | str | ort.InferenceSession,
 
 
 def bundle_session(bundle, role: str, threads: int | None = None, inputs=(),
-                   outputs=()) -> ort.InferenceSession:
+                   outputs=(), optimized: bool = False) -> ort.InferenceSession:
     """A session for a bundle graph whose tensor names match the manifest (and `inputs`,
-    `outputs`); any mismatch or onnxruntime refusal is a BundleError naming the graph."""
+    `outputs`); any mismatch or onnxruntime refusal is a BundleError naming the graph.
+    optimized: from this machine's saved optimized form of the graph (.optimized; for
+    the base, whose optimization costs time and memory at every session)."""
     from edgetune.errors import BundleError
 
     roles_in, roles_out = bundle.io(role)
     try:
-        session = make_session(bundle.graph(role), threads)
+        session = None
+        if optimized and bundle.path is not None:
+            from edgetune.runtime.optimized import optimized_session
+
+            session = optimized_session(bundle, role, threads, DISABLED_OPTIMIZERS)
+        session = session or make_session(bundle.graph(role), threads)
     except Exception as e:  # onnxruntime raises many types for a broken graph
         raise BundleError(f"graph {role!r} of the bundle cannot be loaded by onnxruntime: "
                           f"{type(e).__name__}: {e}") from None

@@ -1,0 +1,141 @@
+"""What opening a profile costs (issue 17): bundle files hashed once and trusted while
+they stay the same file (edgetune.verified); the base's optimized form saved once per
+machine (runtime.optimized); training sessions made when training starts."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import tiny_base
+
+import edgetune.bundle as bundle_module
+from edgetune.bundle import Bundle, BundleError
+from edgetune.converter.convert import convert
+from edgetune.converter.heads import SoftmaxClassifier
+from edgetune.converter.optimizers import Adam
+from edgetune.runtime.optimized import FOLDER
+from edgetune.runtime.personalizer import Personalizer
+from edgetune.runtime.trainer import make_session
+from edgetune.verified import VerifiedFiles
+
+HOUR_NS = 3600 * 10**9
+
+
+@pytest.fixture
+def saved(tmp_path):
+    base = tiny_base(tmp_path / "tiny.onnx")
+    path = convert(base, SoftmaxClassifier(2), Adam(lr=0.01)).save(tmp_path / "t.edgetune")
+    for file in path.iterdir():  # written an hour ago: not "racily" new (edgetune.verified)
+        os.utime(file, ns=(time.time_ns() - HOUR_NS,) * 2)
+    return path
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How many files loading hashes and how many graphs it scans for external data."""
+    calls = {"sha256": 0, "scan": 0}
+    sha256, scan = bundle_module.sha256, bundle_module.external_data_locations
+
+    def counting_sha256(data):
+        calls["sha256"] += 1
+        return sha256(data)
+
+    def counting_scan(data):
+        calls["scan"] += 1
+        return scan(data)
+
+    monkeypatch.setattr(bundle_module, "sha256", counting_sha256)
+    monkeypatch.setattr(bundle_module, "external_data_locations", counting_scan)
+    return calls
+
+
+def _loads(path, verified, counted):
+    before = dict(counted)
+    bundle = Bundle.load(path, verified=verified)
+    return bundle, {k: counted[k] - before[k] for k in counted}
+
+
+def test_files_are_hashed_once_and_again_when_their_size_or_time_changes(saved, tmp_path,
+                                                                          counted):
+    record = tmp_path / "verified.json"
+    files = len(list(saved.glob("*"))) - 1  # all but the manifest
+    _, first = _loads(saved, VerifiedFiles(record), counted)
+    assert first == {"sha256": files, "scan": 4}
+    bundle, again = _loads(saved, VerifiedFiles(record), counted)
+    assert again == {"sha256": 0, "scan": 0}, "unchanged files are trusted"
+    assert bundle.graph("train") == (saved / "train.onnx").read_bytes()
+
+    copy = bundle.save(tmp_path / "copy.edgetune")  # trusted graphs not read: linked
+    assert (copy / "base.onnx").stat().st_ino == (saved / "base.onnx").stat().st_ino
+    assert Bundle.load(copy, verified=False).manifest == bundle.manifest
+
+    train = saved / "train.onnx"
+    good, st = train.read_bytes(), train.stat()
+    bad = good[:-1] + bytes([good[-1] ^ 1])
+    unread = Bundle.load(saved, verified=VerifiedFiles(record))
+    train.write_bytes(bad)  # changed after a load that trusted it: refused when read
+    with pytest.raises(BundleError, match="sha256 of train.onnx does not match"):
+        unread.graph("train")
+    train.write_bytes(bad)  # the same size, another time
+    os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns - HOUR_NS))
+    with pytest.raises(BundleError, match="sha256 of train.onnx does not match"):
+        Bundle.load(saved, verified=VerifiedFiles(record))
+    train.write_bytes(good + b"\0")  # another size, the recorded time
+    os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(BundleError, match="sha256 of train.onnx does not match"):
+        Bundle.load(saved, verified=VerifiedFiles(record))
+
+    train.write_bytes(good)  # restored just now: hashed, but not trusted yet (racy)
+    for _ in range(2):
+        _, now = _loads(saved, VerifiedFiles(record), counted)
+        assert now == {"sha256": 1, "scan": 1}
+    assert _loads(saved, False, counted)[1]["sha256"] == files, "verified=False hashes all"
+
+
+def test_an_unreadable_record_means_hashing_again(saved, tmp_path, counted):
+    record = tmp_path / "verified.json"
+    record.write_text("{not json")
+    assert _loads(saved, VerifiedFiles(record), counted)[1]["sha256"] > 0
+    assert _loads(saved, VerifiedFiles(record), counted)[1]["sha256"] == 0, "rewritten whole"
+
+
+
+def test_the_optimized_base_is_saved_once_and_rebuilt_if_it_changed(saved, tmp_path,
+                                                                     monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGETUNE_CACHE", str(cache))
+    rng = np.random.default_rng(0)
+    images = list(rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    plain = make_session(Bundle.load(saved, verified=False).graph("base"), 1)
+    expected = plain.run(None, {"image": np.stack(images)})[0]
+
+    def features(profile):
+        with Personalizer(saved, tmp_path / profile, threads=1, min_image_size=16) as p:
+            return p.features(images)
+
+    np.testing.assert_allclose(features("a"), expected, rtol=1e-5, atol=1e-6)
+    (saved_model,) = (cache / FOLDER).glob("*.onnx")
+    inode = saved_model.stat().st_ino
+    np.testing.assert_allclose(features("b"), expected, rtol=1e-5, atol=1e-6)
+    assert saved_model.stat().st_ino == inode, "a second profile loads the saved one"
+
+    data = bytearray(saved_model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damaged in place: the same size, a new time
+    saved_model.write_bytes(bytes(data))
+    np.testing.assert_allclose(features("c"), expected, rtol=1e-5, atol=1e-6)
+    assert saved_model.read_bytes() != bytes(data), "rebuilt, not used"
+
+
+def test_training_sessions_are_made_when_training_starts(saved, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    images = list(np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    with Personalizer(saved, tmp_path / "p", threads=1, min_image_size=16) as p:
+        p.add_samples(images, ["a", "b", "a", "b"])
+        p.predict(images[0])
+        assert p._train_sessions is None, "opening and predicting make no training session"
+        p.fit(epochs=2)
+        assert set(p._train_sessions) == {"train", "train_epoch"}
+        assert p.predict(images[0])["source"] == "head"
