@@ -8,8 +8,9 @@
 //
 // The split rule is holdout.py's: 20% of each class (at least one), a class with a single
 // sample keeps it for training, chosen at random with a fixed seed (the random numbers
-// are not numpy's, so the rows differ from the server's). No base runs: the features are
-// the ones stored with the samples, so this costs opening the copy and one head fit.
+// are not numpy's, so the rows differ from the server's). No base runs: the copy is a
+// head only (`base: false`) fed the features stored with the samples (trainingData()),
+// so this costs one head fit.
 
 import { Personalizer } from "./edgetune.js";
 
@@ -48,19 +49,13 @@ export function split(y, nClasses, fraction = HELD_OUT, seed = 0) {
   return test;
 }
 
-/** Let a copy go: its worker, database connection and onnxruntime sessions. */
-async function release(copy) {
-  copy.close();
-  for (const s of [copy._base, copy._infer]) await s?.release?.().catch(() => {});
-}
-
 /**
  * {accuracy, n, train, fraction, per_class: {class: {n, correct, accuracy}}} of a head
  * trained like `p`'s (`settings`: epochs, lr, batchSize, earlyStop) on the samples not
  * held out, or null when no class has two samples.
  */
 export async function heldOutAccuracy(p, settings, fraction = HELD_OUT) {
-  const { X, y } = p.trainingData ? p.trainingData() : p._data(); // the stored features
+  const { X, y } = p.trainingData(); // the stored samples' features
   const names = p.classes();
   const F = X.length / Math.max(1, y.length);
   const test = split(y, names.length, fraction);
@@ -75,7 +70,8 @@ export async function heldOutAccuracy(p, settings, fraction = HELD_OUT) {
     return out;
   };
   await Personalizer.removeProfile(PROFILE, { database: DATABASE }); // a crash may have left one
-  const copy = await Personalizer.open(p.bundle.url, { profile: PROFILE, database: DATABASE, threads: 1 });
+  const copy = await Personalizer.open(p.bundle.url, { profile: PROFILE, database: DATABASE, threads: 1,
+    base: false });
   let answers;
   try {
     for (const name of names) await copy.addClass(name); // the same columns, in the same order
@@ -84,7 +80,7 @@ export async function heldOutAccuracy(p, settings, fraction = HELD_OUT) {
       batchSize: settings.batchSize ?? undefined, earlyStop: settings.earlyStop ?? true });
     answers = await copy.predictFeatures(rows(held), held.length);
   } finally {
-    await release(copy);
+    copy.close(); // the worker, the database connection, the onnxruntime sessions
     await Personalizer.removeProfile(PROFILE, { database: DATABASE }).catch(() => {});
   }
   // the best class among the classes (an open-set "unknown" answer does not count here)
