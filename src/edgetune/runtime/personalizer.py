@@ -208,17 +208,20 @@ class Personalizer:
     def features(self, images: Sequence) -> np.ndarray:
         """Run the base on inputs of the bundle's kind (images: arrays, PIL images, paths,
         bytes): [n, *features]."""
-        return self.base_features([self.preparer.prepare(item) for item in images])
+        return self.base_features(images, prepare=self.preparer.prepare)
 
-    def base_features(self, rows, batch: int | None = None) -> np.ndarray:
+    def base_features(self, rows, batch: int | None = None, prepare=None) -> np.ndarray:
         """Run the base on rows that are already its input (preparer.prepare's output, or
-        windows a caller shaped itself: .stream), `batch` at a time: [n, *features]."""
+        windows a caller shaped itself: .stream), `batch` at a time: [n, *features].
+        prepare: applied to each row just before its batch runs (not all at once: 80
+        prepared photos are 12 MB more at the peak)."""
         if not len(rows):
             return np.zeros((0, *self.features_shape), np.float32)
         inputs, outputs = self.bundle.io(self._base_role)
         session, batch = self._base_session(), batch or BASE_BATCH  # read at each call
-        parts = [session.run([outputs["features"]],
-                             self.preparer.feeds(np.stack(rows[i:i + batch]), inputs))[0]
+        prepare = prepare or (lambda row: row)
+        parts = [session.run([outputs["features"]], self.preparer.feeds(
+                     np.stack([prepare(r) for r in rows[i:i + batch]]), inputs))[0]
                  for i in range(0, len(rows), batch)]
         return np.concatenate(parts).astype(np.float32)
 
