@@ -150,7 +150,12 @@ def _photos(job: dict):
 
 
 def first_answer(job: dict) -> dict:
-    """Process start -> new profile -> one sample per class -> the first prediction."""
+    """Process start -> new profile -> one sample per class -> the first prediction.
+    job["cold"]: with an empty cache folder, as the first run on a machine."""
+    import os
+
+    if job.get("cold"):
+        os.environ["EDGETUNE_CACHE"] = str(Path(job["out"]) / f"cache-{time.time_ns()}")
     from edgetune.runtime.personalizer import Personalizer
 
     phases = {"import": time.perf_counter() - T0}

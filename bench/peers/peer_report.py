@@ -44,6 +44,9 @@ def report(args, built, results: dict, vers: dict) -> str:
     ]
     if results.get("note"):
         lines += [results["note"], ""]
+    if results.get("errors"):
+        lines += ["Workloads that failed in this run (their tables are missing): "
+                  + "; ".join(results["errors"]) + ".", ""]
     for t in threads:
         r = results["by_threads"][str(t)]
         first = t == threads[0]
@@ -92,6 +95,10 @@ def machine_section(args, results, vers) -> list[str]:
         + "; LiteRT's venv " + ", ".join(f"{k} {v}" for k, v in vers.get("litert", {}).items())
         + "; ONNX Runtime training's venv "
         + ", ".join(f"{k} {v}" for k, v in vers.get("ortt", {}).items()) + ".",
+        "- edgetune's modules are byte-compiled before the run (`compileall`), as pip does "
+        "when a device installs the wheel: this tree is installed editable with "
+        "PYTHONDONTWRITEBYTECODE set, which would make every worker compile edgetune at "
+        "import. The peers' packages were byte-compiled by pip.",
         "- Reproduce: `bash bench/peers/setup.sh && flock /tmp/edgetune-heavy.lock "
         ".venv/bin/python bench/peers.py` (`--help` for rounds, repeats, threads and the "
         "gate; `--from-results` rewrites this section and the targets table from a saved "
@@ -249,7 +256,9 @@ def personalize_section(args, results, r, threads: int, first: bool) -> list[str
             f"{m['accuracy']:.2f}" for m in entry["t"].values()) + " |")
         if entry.get("feature_diff") is not None:
             lines += ["", f"Features agree with edgetune's within {entry['feature_diff']:.1e} "
-                      "(max abs)."]
+                      "(max abs)" + (": the two int8 bases are quantized by different tools "
+                                     "(onnxruntime's QDQ, TFLite's post-training), each its "
+                                     "own rounding." if kind == "int8" else ".")]
         lines.append("")
     if not first:
         return lines
@@ -311,7 +320,11 @@ def first_answer_section(r, threads: int, first: bool) -> list[str]:
         "nearest-class-mean rule in numpy (answer). A reopened profile: the 80-photo "
         "profile personalized before the run, opened as `edgetune predict` does "
         "(`Personalizer(profile=..., read_only=True)`) in a new process, and its first "
-        "`predict` (the trained head); \"after imports\" is open + first prediction.",
+        "`predict` (the trained head); \"after imports\" is open + first prediction. "
+        "\"edgetune, empty cache\": the same with `EDGETUNE_CACHE` set to a new empty folder, "
+        "as on a machine's first run (the base's optimized graph is built and saved, the "
+        "bundle's files hashed); every other edgetune process here finds the cache filled "
+        "(the driver opened the bundle before the run).",
         "",
     ]
     return lines

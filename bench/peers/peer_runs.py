@@ -26,11 +26,15 @@ SYSTEMS = {  # system -> (worker, python)
     "litert": ("litert_worker.py", str(VENVS / "litert" / "bin" / "python")),
     "ortt": ("ort_training_worker.py", str(VENVS / "ortt" / "bin" / "python")),
     "torch": ("torch_worker.py", sys.executable),
+    # edgetune's first run on a machine: an empty cache folder (no saved optimized base,
+    # no verified files), which every later process finds filled
+    "edgetune-cold": ("edgetune_worker.py", sys.executable),
     # the guide's Flex formulation, on the last tensorflow that runs it (optional)
     "litert-flex": ("litert_worker.py", str(VENVS / "litert-flex" / "bin" / "python")),
 }
-LABEL = {"edgetune": "edgetune", "litert": "LiteRT", "ortt": "ONNX Runtime training",
-         "torch": "PyTorch eager", "litert-flex": "LiteRT (tensorflow 2.18.1)"}
+LABEL = {"edgetune": "edgetune", "edgetune-cold": "edgetune, empty cache", "litert": "LiteRT",
+         "ortt": "ONNX Runtime training", "torch": "PyTorch eager",
+         "litert-flex": "LiteRT (tensorflow 2.18.1)"}
 FOOTPRINTS = {  # footprint venv -> what it holds (setup.sh installs exactly these)
     "edgetune": "numpy, onnxruntime, Pillow, safetensors",
     "litert": "ai-edge-litert, numpy, Pillow",

@@ -66,6 +66,11 @@ def rows_for(results: dict, threads: int, missed: list[str]) -> list[str]:
         add(f"2. time to first answer, new profile, {precision}: ≤ 1.0x LiteRT's",
             (e["total"], lite["total"]), (e["total_min"], lite["total_min"]), 1.0, secs,
             lambda e=e, lite=lite: _phases(e, lite, ["import", "open", "samples", "answer"]))
+        cold = entry["t"].get("edgetune-cold")
+        if cold:
+            add(f"2. time to first answer, new profile, {precision}, the first run on the "
+                "machine (empty cache) against LiteRT's", (cold["total"], lite["total"]),
+                (cold["total_min"], lite["total_min"]), None, secs)
         ro = entry["reopen"]
         m, b = ro["phases"]["after imports"], ro["phases_min"]["after imports"]
         met = m <= REOPEN_LIMIT and b <= REOPEN_LIMIT
@@ -218,6 +223,9 @@ def targets_section(args, results: dict) -> str:
         "(parity; it was 1.01-1.07x). Rows marked (reported) have no threshold in the issue.",
         "",
     ]
+    if results.get("errors"):
+        lines += ["Workloads that failed in this run (their rows are missing): "
+                  + "; ".join(results["errors"]) + ".", ""]
     if missed:
         lines += ["Where a target is missed, what this run's own measurements show:", "",
                   *missed, ""]

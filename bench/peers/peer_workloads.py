@@ -81,6 +81,8 @@ def first_answer(inputs, built, tmp: Path, threads: int, gate, args, precision: 
     common = {"task": "first_answer", "images": str(data / "images.npy"),
               "samples": list(FIRST_SAMPLES), "query": FIRST_QUERY, "out": str(tmp)}
     jobs = {"edgetune": {**common, "bundle": inputs["bundle"], "precision": precision},
+            "edgetune-cold": {**common, "bundle": inputs["bundle"], "precision": precision,
+                              "cold": True},
             "litert": {**common, "tflite": str(lite / "personalize.tflite"),
                        "base_tflite": str(lite / ("base.tflite" if precision == "fp32"
                                                   else "base.int8.tflite"))}}
