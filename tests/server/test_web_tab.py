@@ -4,7 +4,7 @@ camera, in headless Chromium with the real base (EfficientNet-Lite0):
 - the advanced settings show the tab's defaults and bounds, and bad values are refused;
 - an upload with a bad file adds the good ones and names the bad one in one toast;
 - training shows per-class accuracy on held-out samples, computed in the tab;
-- a class added after training holds Download back;
+- a renamed class stays trained; a class added after training holds Download back;
 - a reload in the middle of a run keeps the classes and the trained head (Trained, not
   stale), and Download then exports the three classes;
 - nothing but GETs of the page, the bundle and onnxruntime-web reaches the server.
@@ -119,6 +119,14 @@ def test_tab_settings_upload_held_out_accuracy_reload_mid_run(pw, default_bundle
             expect(page.locator(f"#accuracy-list li[data-name='{name}'] .pct")).to_have_text("1/1")
         expect(page.locator("#download")).to_have_attribute("aria-disabled", "false")
 
+        # a renamed class is still trained (not "added after training")
+        page.get_by_role("button", name="Rename astronaut").click()
+        page.get_by_label("New name for astronaut").fill("person")
+        page.get_by_label("New name for astronaut").press("Enter")
+        expect(page.locator("li.class-card[data-name='person']")).to_be_visible()
+        expect(page.locator("#status")).to_have_text("Trained")
+        expect(page.locator("#download")).to_have_attribute("aria-disabled", "false")
+
         add_class(page, "coffee")
         page.get_by_label("Add image files to coffee").set_input_files(files["coffee"])
         expect(page.locator(count.format("coffee"))).to_have_text("5 samples", timeout=30_000)
@@ -146,7 +154,7 @@ def test_tab_settings_upload_held_out_accuracy_reload_mid_run(pw, default_bundle
 
         meta = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]) \
             .get_modelmeta().custom_metadata_map
-        assert json.loads(meta["edgetune.classes"]) == ["astronaut", "rocket", "coffee"]
+        assert json.loads(meta["edgetune.classes"]) == ["person", "rocket", "coffee"]
         assert personalizer.counts() == {}, "samples reached the server"
     assert not errors, errors
     assert not sockets, sockets

@@ -17,6 +17,7 @@ import { $, app, toast } from "./ui.js";
 
 const FRAME_INTERVAL_MS = 100; // at most 10 predictions a second, as in server mode
 const PROFILE = "default";
+const PROGRESS_MS = 50; // between progress messages (session.py's PROGRESS_INTERVAL)
 
 /** "tab" or "server", and why when the tab cannot be used. */
 export async function chooseBackend() {
@@ -138,6 +139,16 @@ export class TabBackend {
 
   broadcast() { this.handle(this.state()); }
 
+  /** A renamed class keeps its place in what the head was trained on (not "new"). */
+  renamed(from, to) {
+    const record = this.trainedOn;
+    if (!record || !(from in record.counts)) return;
+    const counts = {};
+    for (const [name, n] of Object.entries(record.counts)) counts[name === from ? to.trim() : name] = n;
+    this.trainedOn = { ...record, counts };
+    localStorage.setItem(`edgetune.trainedOn.${PROFILE}`, JSON.stringify(this.trainedOn));
+  }
+
   /** What the page needs to know about inputs (as the server's Studio.input). */
   inputInfo() {
     const spec = this.p.input ?? {};
@@ -172,7 +183,10 @@ export class TabBackend {
     if (path === "/api/state" && method === "GET") return this.state();
     if (path === "/api/classes") {
       if (method === "POST") await p.addClass(body.name);
-      else if (method === "PATCH") await p.renameClass(q.get("name"), body.name);
+      else if (method === "PATCH") {
+        await p.renameClass(q.get("name"), body.name);
+        this.renamed(q.get("name"), body.name);
+      }
       else if (method === "DELETE") await p.removeClass(q.get("name"));
       this.broadcast();
       return this.state();
@@ -238,6 +252,19 @@ export class TabBackend {
       localStorage.setItem(`edgetune.trainedOn.${PROFILE}`, JSON.stringify(this.trainedOn));
     };
     let remembered = false;
+    // progress at most every PROGRESS_MS (a small head trains thousands of epochs a
+    // second; the page redraws the curve per message), as the server sends it
+    let pending = [];
+    let timer = null;
+    const flush = () => {
+      clearTimeout(timer);
+      timer = null;
+      if (!pending.length) return;
+      const [epoch, loss] = pending[pending.length - 1];
+      this.handle({ type: "progress", run: run.run, replace: false, points: pending, epoch, loss,
+        events: run.events.slice(-3) });
+      pending = [];
+    };
     this.handle({ type: "training_started", run: run.run, epochs });
     this.p.fit({ epochs, batchSize: settings.batch_size ?? undefined, lr: settings.lr ?? undefined,
       earlyStop: settings.early_stop,
@@ -248,14 +275,15 @@ export class TabBackend {
         }
         if (!remembered && record.improved !== false) { remembered = true; remember(); }
         run.points.push([record.epoch, record.loss]);
-        this.handle({ type: "progress", run: run.run, replace: false, points: [[record.epoch, record.loss]],
-          epoch: record.epoch, loss: record.loss, events: run.events.slice(-3) });
+        pending.push([record.epoch, record.loss]);
+        timer ??= setTimeout(flush, PROGRESS_MS);
       } })
       .then((records) => {
         if (records.at(-1)?.improved || this.p.trained) remember();
       })
       .catch((error) => { run.error = error.message || String(error); })
       .finally(() => {
+        flush();
         run.done = true;
         this.handle({ type: "training_done", run });
         this.broadcast();
