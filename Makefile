@@ -53,8 +53,8 @@ $(JS_STAMP): tests/js/package-lock.json | $(SYSTEM_STAMP)
 	npm ci --ignore-scripts --no-audit --no-fund --prefix tests/js
 
 # onnxruntime-web and @huggingface/tokenizers (text bundles) for edgetune.js (the page
-# personalizes in the tab), served by the server from src/edgetune/server/web/node_modules. Without npm `make run` still runs:
-# the page then says why and keeps the server mode.
+# personalizes in the tab), served by the server from src/edgetune/server/web/node_modules.
+# Without npm `make run` still runs: the page then says why and keeps the server mode.
 WEB_DIR := src/edgetune/server/web
 WEB_STAMP := $(WEB_DIR)/node_modules/.package-lock.json
 WEB_NPM := $(if $(shell command -v npm),$(WEB_STAMP))
