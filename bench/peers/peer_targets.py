@@ -177,8 +177,9 @@ def _memory(e: dict, lite: dict) -> str:
 
 def _gflops(results, r, e, lite, precision) -> str:
     flops = results["base_flops"]["total"]
-    text = (f"edgetune {flops / e['median'] / 1e9:.1f} GFLOP/s vs LiteRT "
-            f"{flops / lite['median'] / 1e9:.1f} GFLOP/s")
+    unit = "GFLOP/s" if precision == "fp32" else "GOP/s (int8)"
+    text = (f"edgetune {flops / e['median'] / 1e9:.1f} {unit} vs LiteRT "
+            f"{flops / lite['median'] / 1e9:.1f} {unit}")
     peak = gemm_peak(r)
     if peak:
         text += (f"; a large GEMM reaches {max(peak['numpy'], peak['onnxruntime']):.0f} "
