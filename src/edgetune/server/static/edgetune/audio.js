@@ -2,7 +2,7 @@
 // the bundle's sample rate: what the Python preparer does (src/edgetune/inputs/audio.py),
 // step for step:
 //
-//   1. read: a Float32Array of samples in [-1, 1] (or an Int16Array), mono, taken at the
+//   1. read: a Float32Array of samples in [-1, 1] (or Int16Array, Int32Array), mono, at the
 //      bundle's rate unless options.sampleRate says otherwise; an AudioBuffer (its own
 //      rate, every channel); {samples, sampleRate} or {channels: [...], sampleRate};
 //      a WAV file as a Blob/ArrayBuffer (PCM 16/24/32-bit or float, read here, not by
@@ -33,7 +33,7 @@ export async function readAudio(source, defaultRate, options = {}) {
     rate = source.sampleRate;
     channels = Array.from({ length: source.numberOfChannels }, (_, c) => source.getChannelData(c));
     name = "AudioBuffer";
-  } else if (source instanceof Float32Array || source instanceof Int16Array) {
+  } else if (SAMPLE_ARRAYS.some((T) => source instanceof T)) {
     channels = [fromSamples(source, "samples")];
     name = `${source.constructor.name} of ${source.length} samples`;
   } else if (source && (source.samples || source.channels) && !(source instanceof Blob)) {
@@ -64,8 +64,11 @@ export async function readAudio(source, defaultRate, options = {}) {
   return { channels, rate, name };
 }
 
+const SAMPLE_ARRAYS = [Float32Array, Float64Array, Int16Array, Int32Array];
+
 function fromSamples(a, name) {
   if (a instanceof Int16Array) return Float32Array.from(a, (v) => v / 32768);
+  if (a instanceof Int32Array) return Float32Array.from(a, (v) => v / 2147483648);
   const out = a instanceof Float32Array ? a : Float32Array.from(a);
   let peak = 0;
   for (const v of out) {
