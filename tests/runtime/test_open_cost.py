@@ -18,7 +18,7 @@ from edgetune.converter.heads import SoftmaxClassifier
 from edgetune.converter.optimizers import Adam
 from edgetune.runtime.optimized import FOLDER
 from edgetune.runtime.personalizer import Personalizer
-from edgetune.runtime.trainer import make_session
+from edgetune.runtime.trainer import make_session, training_threads
 from edgetune.verified import VerifiedFiles
 
 HOUR_NS = 3600 * 10**9
@@ -132,10 +132,35 @@ def test_the_optimized_base_is_saved_once_and_rebuilt_if_it_changed(saved, tmp_p
 def test_training_sessions_are_made_when_training_starts(saved, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
     images = list(np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
-    with Personalizer(saved, tmp_path / "p", threads=1, min_image_size=16) as p:
+    with Personalizer(saved, tmp_path / "p", threads=2, min_image_size=16) as p:
         p.add_samples(images, ["a", "b", "a", "b"])
         p.predict(images[0])
         assert p._train_sessions is None, "opening and predicting make no training session"
         p.fit(epochs=2)
         assert set(p._train_sessions) == {"train", "train_epoch"}
         assert p.predict(images[0])["source"] == "head"
+        threads = {role: s.get_session_options().intra_op_num_threads
+                   for role, s in {**p._train_sessions, "base": p._base}.items()}
+        assert threads == {"train": 1, "train_epoch": 1, "base": 2}, "a head trains on one"
+
+
+def test_only_a_head_trains_on_one_thread(saved):
+    bundle = Bundle.load(saved)
+    assert training_threads(bundle, 2) == 1
+    bundle.manifest["trainable"] = {**bundle.manifest["trainable"], "mode": "last", "blocks": 1}
+    assert training_threads(bundle, 2) == 2 and training_threads(bundle, None) is None
+    bundle.manifest["trainable"] = "head"  # not an object: the caller's threads
+    assert training_threads(bundle, 2) == 2
+
+
+def test_an_unusable_cache_means_plain_sessions_and_hashing(saved, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"  # the cache "folder" is a file: nothing can be saved
+    blocker.write_text("")
+    monkeypatch.setenv("EDGETUNE_CACHE", str(blocker))
+    images = list(np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
+    plain = make_session(Bundle.load(saved).graph("base"), 1)
+    with Personalizer(saved, tmp_path / "p", threads=1, min_image_size=16) as p:
+        np.testing.assert_allclose(p.features(images),
+                                   plain.run(None, {"image": np.stack(images)})[0],
+                                   rtol=1e-5, atol=1e-6)
+    assert blocker.read_text() == ""

@@ -138,3 +138,5 @@ def optimized_session(bundle, role: str, threads: int | None, disabled: list[str
         return session
     except OSError:  # no cache folder, a read-only one, a full disk
         return None
+    except Exception:  # onnxruntime could not optimize or save it (raises many types):
+        return None    # the plain session names the problem, if the graph has one

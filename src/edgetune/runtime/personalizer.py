@@ -55,7 +55,7 @@ from edgetune.runtime.profile import (
 )
 from edgetune.runtime.prototypes import PrototypeClassifier, comparable
 from edgetune.runtime.store import SampleStore
-from edgetune.runtime.trainer import GraphTrainer, bundle_session
+from edgetune.runtime.trainer import GraphTrainer, bundle_session, training_threads
 
 # Images per base call: one at a time is as fast as 4 and peaks 37 MiB lower (122 vs
 # 159 MiB over 80 photos with EfficientNet-Lite0, one thread); 16 doubles the peak.
@@ -410,8 +410,10 @@ class Personalizer:
         specs = self.bundle.params + self.bundle.state
         if self._train_sessions is None:  # made once, reused by every fit
             self._train_sessions = {
-                role: self._session(role, [s["train_input"] for s in specs],
-                                    [s["train_output"] for s in specs])
+                role: bundle_session(self.bundle, role,
+                                     training_threads(self.bundle, self._threads),
+                                     [s["train_input"] for s in specs],
+                                     [s["train_output"] for s in specs])
                 for role in ("train", "train_epoch") if self.bundle.has_graph(role)}
         trainer = GraphTrainer.for_bundle(self.bundle, self._values, lr=lr,
                                           sessions=self._train_sessions)

@@ -73,6 +73,14 @@ def bundle_session(bundle, role: str, threads: int | None = None, inputs=(),
     return session
 
 
+def training_threads(bundle, threads: int | None) -> int | None:
+    """onnxruntime threads for a bundle's training graphs: one when only the head trains
+    (a few small GEMMs per step, where a second thread only adds synchronization: 50
+    epochs of 80 samples took 0.23 s at two threads and 0.10 s at one), else `threads`."""
+    trainable = bundle.manifest.get("trainable")
+    return 1 if isinstance(trainable, dict) and trainable.get("mode") == "head" else threads
+
+
 def initial_train_values(bundle) -> dict[str, np.ndarray]:
     """train-graph input name -> value: the bundle's initial parameters, zero optimizer
     state (each slot shaped like its parameter)."""
