@@ -207,6 +207,11 @@ def test_settings_are_used_and_per_class_held_out_accuracy_follows_the_run(
         run = client.get("/api/state").json()["run"]
         assert run["evaluation"] == report
         assert run["settings"] == {"batch_size": 4, "lr": 0.005, "early_stop": True}
+        # a renamed class keeps its held-out accuracy, under its new name
+        assert client.patch("/api/classes?name=cat", json={"name": "kitten"}).status_code == 200
+        renamed = client.get("/api/state").json()["run"]["evaluation"]["per_class"]
+        assert list(renamed) == ["kitten", "coffee", "rocket"]
+        assert renamed["kitten"] == report["per_class"]["cat"]
 
 
 # ----------------------------------------------------------------------- samples

@@ -124,6 +124,7 @@ def test_tab_settings_upload_held_out_accuracy_reload_mid_run(pw, default_bundle
         page.get_by_label("New name for astronaut").fill("person")
         page.get_by_label("New name for astronaut").press("Enter")
         expect(page.locator("li.class-card[data-name='person']")).to_be_visible()
+        expect(page.locator("#accuracy-list li[data-name='person'] .pct")).to_have_text("1/1")
         expect(page.locator("#status")).to_have_text("Trained")
         expect(page.locator("#download")).to_have_attribute("aria-disabled", "false")
 

@@ -297,6 +297,11 @@ class Studio:
         if record is not None and old in record["counts"]:
             counts = {new if k == old else k: v for k, v in record["counts"].items()}
             self._save_trained({**record, "counts": counts})
+        with self._run_lock:  # the held-out accuracy names the class by its new name
+            report = self.run.evaluation if self.run else None
+            if report and old in report.get("per_class", {}):
+                report["per_class"] = {new if k == old else k: v
+                                       for k, v in report["per_class"].items()}
 
     def stop_training(self) -> None:
         self.p.stop_training(timeout=10)

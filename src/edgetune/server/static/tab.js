@@ -139,8 +139,14 @@ export class TabBackend {
 
   broadcast() { this.handle(this.state()); }
 
-  /** A renamed class keeps its place in what the head was trained on (not "new"). */
+  /** A renamed class keeps its place in what the head was trained on (not "new"), and
+   * its held-out accuracy. */
   renamed(from, to) {
+    const report = this.run?.evaluation;
+    if (report && from in report.per_class) {
+      report.per_class = Object.fromEntries(Object.entries(report.per_class)
+        .map(([name, value]) => [name === from ? to.trim() : name, value]));
+    }
     const record = this.trainedOn;
     if (!record || !(from in record.counts)) return;
     const counts = {};
