@@ -299,15 +299,21 @@ export class TabBackend {
   }
 
   /** Per-class accuracy on held-out samples after a run (heldout.js), as the server does. */
-  async evaluate(run) {
-    try {
-      run.evaluation = await heldOutAccuracy(this.p, { epochs: run.epochs, lr: run.settings.lr,
-        batchSize: run.settings.batch_size, earlyStop: run.settings.early_stop });
-    } catch (error) {
-      console.warn("held-out evaluation failed:", error);
-      run.evaluation = null;
-    }
-    this.handle({ type: "evaluation", run: run.run, evaluation: run.evaluation });
+  // One at a time (they share the throwaway profile); a run already followed by another
+  // one is not evaluated.
+  evaluate(run) {
+    this.evaluating = (this.evaluating ?? Promise.resolve()).then(async () => {
+      if (this.run !== run || this.p.isTraining) return;
+      try {
+        run.evaluation = await heldOutAccuracy(this.p, { epochs: run.epochs, lr: run.settings.lr,
+          batchSize: run.settings.batch_size, earlyStop: run.settings.early_stop });
+      } catch (error) {
+        console.warn("held-out evaluation failed:", error);
+        run.evaluation = null;
+      }
+      this.handle({ type: "evaluation", run: run.run, evaluation: run.evaluation });
+    });
+    return this.evaluating;
   }
 
   /** What the page would send over the WebSocket: listen on/off (JSON), audio chunks. */
