@@ -46,6 +46,9 @@ def test_the_rewrite_gives_the_same_outputs_without_a_convolution(flatten):
     rewritten = pointwise_head_as_gemm(model)
     ops = [n.op_type for n in rewritten.graph.node]
     assert "Conv" not in ops and ops.count("Gemm") == 2, ops
+    # the bias rides in the weight GEMM (a column of the weight against a row of ones)
+    conv_gemm = next(n for n in rewritten.graph.node if n.op_type == "Gemm")
+    assert len(conv_gemm.input) == 2 and "Pad" in ops and "Concat" in ops, ops
     x = (np.random.default_rng(1).standard_normal((5, 8, 4, 4)) * 3).astype(np.float32)
     np.testing.assert_allclose(_run(rewritten, x), _run(model, x), rtol=1e-5, atol=1e-5)
 
@@ -68,6 +71,11 @@ def test_training_the_rewritten_graph_matches_the_convolution(optimizer):
         for _ in range(3):
             trainer.epoch(x, y, batch_size=16)
         finals.append({p.name: trainer.values[p.train_input] for p in graphs.params})
+    # the bias gradient is the last column of the weight gradient's GEMM, not a sum
+    # over the [out, batch x pixels] output gradient
+    producer = {o: n for n in graphs.train.graph.node for o in n.output}
+    splits = [n for n in graphs.train.graph.node if n.op_type == "Split"]
+    assert any(producer[n.input[0]].op_type == "Gemm" for n in splits), splits
     for name in TRAINED:
         assert not np.allclose(finals[0][name], tail_and_head_initial(name)), name
         np.testing.assert_allclose(finals[1][name], finals[0][name], rtol=1e-4, atol=1e-5,
