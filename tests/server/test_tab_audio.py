@@ -140,9 +140,11 @@ def test_audio_bundles_in_the_tab_as_in_python(pw, tmp_path):
                 buffer: Array.from(await p.prepare(buffer)),
                 int16: Array.from(await p.prepare(Int16Array.from(arg.int16))),
             }};
-            let silent = null;
+            let silent = null, clipped = null;
             try {{ await p.addSample(new Float32Array(16000), "stop"); }}
             catch (e) {{ silent = e.code; }}
+            try {{ await p.addSample(pcm(arg.train[0]).map((v, i) => (i % 50 ? v : 1)), "stop"); }}
+            catch (e) {{ clipped = e.message; }}
             // a head-only copy of the profile: its stored data, the profile's open-set default
             await p.setOpenSet(true);
             const q = await Personalizer.open("/bundle/", {{ profile: "audio", base: false }});
@@ -160,7 +162,7 @@ def test_audio_bundles_in_the_tab_as_in_python(pw, tmp_path):
             q.close();
             p.close();
             return {{ rows, features, before, after, resampled, featuresResampled, rowsResampled,
-                     silent, headOnly, sources, model,
+                     silent, clipped, headOnly, sources, model,
                      values: {VALUES}, step: p.step, classes: p.classes() }};
         """, {"train": [x.tolist() for x in train16], "labels": labels,
               "test": [x.tolist() for x in test16], "test48": [x.tolist() for x in test48],
@@ -196,6 +198,7 @@ def test_audio_bundles_in_the_tab_as_in_python(pw, tmp_path):
     assert snr.min() > 30
     assert [r["label"] for r in result["resampled"]] == [r["label"] for r in resampled]
     assert result["silent"] == "bad_input"
+    assert "is clipped: 2.0% of its samples" in result["clipped"]
     assert np.array_equal(np.asarray(result["sources"]["int16"], np.float32),
                           python.preparer.prepare((int16, 16000)))
     assert np.array_equal(np.asarray(result["sources"]["buffer"], np.float32),

@@ -104,11 +104,13 @@ def test_text_bundles_in_the_tab_as_in_python(pw, tmp_path):
                 }}
                 await session.release();
             }}
+            const file = new File([arg.tests[0]], "quote.txt", {{ type: "text/plain" }});
+            const fromFile = Array.from(await p.prepare(file), Number);
             const refused = [];
             for (const t of ["", " \\n\\t\\u3000 "]) {{
                 try {{ await p.predict(t); }} catch (e) {{ refused.push(e.code); }}
             }}
-            return {{ rows, features, before, after, refused, exported, values: {VALUES},
+            return {{ rows, features, before, after, refused, exported, fromFile, values: {VALUES},
                      step: p.step, classes: p.classes() }};
         """, {"texts": texts, "labels": labels, "tests": tests, "epochs": EPOCHS,
               "batch": BATCH, "orders": orders(len(texts)),
@@ -130,6 +132,7 @@ def test_text_bundles_in_the_tab_as_in_python(pw, tmp_path):
         assert max(abs(a["scores"][c] - b["scores"][c]) for c in b["scores"]) < 1e-3
     check_training(python, result)
     assert result["refused"] == ["bad_input", "bad_input"]
+    assert result["fromFile"] == result["rows"][len(texts)]  # a .txt file: one example
     python.export(tmp_path / "py.onnx")  # the tab's export matches Python's on the same rows
     session = ort.InferenceSession(str(tmp_path / "py.onnx"))
     names = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
