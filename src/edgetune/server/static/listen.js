@@ -5,6 +5,7 @@
 //   const d = new Detector(p, { rate: 16000 });
 //   d.take(chunk);                       // float32 mono chunks at `rate`, as they come
 //   const found = await d.advance();     // [{label, score, start, end}] (seconds)
+//   await d.flush();                     // the end: a last window padded with silence
 //   d.scores;                            // each class's score over the last windows
 //
 // The same rule as Python: windows of the bundle's clip length every `hop` seconds,
@@ -106,6 +107,15 @@ export class Detector {
     }
     const drop = Math.min(this.next - this.offset, this.buffer.length);
     if (drop > 0) { this.buffer = this.buffer.slice(drop); this.offset += drop; }
+    return found;
+  }
+
+  /** The end of the stream: the complete windows, then one last window padded with
+   * silence if the end of the audio is not covered yet. */
+  async flush() {
+    const found = await this.advance();
+    const covered = this.windows ? this.next - this.hop + this.window : 0;
+    if (this.samples > covered) found.push(...await this.score([this.next]));
     return found;
   }
 

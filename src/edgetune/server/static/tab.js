@@ -328,7 +328,7 @@ export class TabBackend {
   async listen(rate) {
     const old = this.detector;
     this.detector = null;
-    const found = old && !old.busy ? await old.advance() : [];
+    const found = old && !old.busy ? await old.flush() : []; // the last, padded window
     if (rate === null || rate === undefined) {
       this.handle({ type: "listening", rate: null, detections: found });
       return;
