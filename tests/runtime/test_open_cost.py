@@ -164,3 +164,24 @@ def test_an_unusable_cache_means_plain_sessions_and_hashing(saved, tmp_path, mon
                                    plain.run(None, {"image": np.stack(images)})[0],
                                    rtol=1e-5, atol=1e-6)
     assert blocker.read_text() == ""
+
+
+def test_the_open_set_calibration_waits_until_asked(saved, tmp_path, monkeypatch):
+    import edgetune.runtime.openset as openset
+
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+    calibrate = openset.calibrate
+    monkeypatch.setattr(openset, "calibrate", lambda *a, **k: calls.append(1) or calibrate(*a, **k))
+    images = list(np.random.default_rng(3).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+    with Personalizer(saved, tmp_path / "p", threads=1, min_image_size=16) as p:
+        p.add_samples(images[:4], ["a", "b", "a", "b"])
+        assert p.predict(images[4])["source"] == "prototypes" and not calls
+        thresholds = p.open_set_thresholds()
+        assert set(thresholds) == {"a", "b"} and len(calls) == 1
+        assert "unknown" in p.predict(images[4], open_set=True) and len(calls) == 1
+        p.add_sample(images[4], "a")
+        p.predict(images[0])
+        assert len(calls) == 1, "samples changed: calibrated again only when asked"
+        p.save()
+        assert len(calls) == 2

@@ -190,7 +190,18 @@ class OpenSet:
     def __init__(self, store, read_only: bool, stored: str | None = None):
         self.store, self.read_only = store, read_only
         self.on = store.get_meta(META) == "1"
-        self.calibration = Calibration.from_json(stored)
+        self._calibration = Calibration.from_json(stored)
+        self._pending: tuple | None = None  # samples to calibrate on, when first asked
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration of the current samples, computed when first asked after they
+        changed: a prototype answer does not need it, and numpy's first np.quantile
+        imports numpy.ma (17 ms, 1.3 MiB) that a first answer need not wait for."""
+        if self._pending is not None:
+            X, y, classes, signature = self._pending
+            self._calibration, self._pending = calibrate(X, y, classes, signature), None
+        return self._calibration
 
     def set(self, on: bool) -> None:
         """Make open-set answers the default or not; recorded unless read-only."""
@@ -198,12 +209,13 @@ class OpenSet:
         if not self.read_only and self.store.get_meta(META) != value:
             self.store.set_meta(META, value)
 
-    def refresh(self, X: np.ndarray, y: np.ndarray, classes: list[str]) -> Calibration:
-        """Recalibrate from the store's samples ``X``, ``y`` after they changed, unless
-        the calibration is of these very samples (their counts and ids)."""
+    def refresh(self, X: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+        """Recalibrate from the store's samples ``X``, ``y`` after they changed (when
+        `calibration` is next asked), unless the calibration is of these very samples
+        (their counts and ids)."""
         ids = [s.id for s in self.store.samples()]
         signature = hashlib.sha256(
             json.dumps([self.store.counts(), ids], sort_keys=True).encode()).hexdigest()
-        if self.calibration is None or self.calibration.signature != signature:
-            self.calibration = calibrate(X, y, classes, signature)
-        return self.calibration
+        current = self._calibration
+        self._pending = (None if current is not None and current.signature == signature
+                         else (X, y, classes, signature))
