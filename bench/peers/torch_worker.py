@@ -147,12 +147,12 @@ def base(job: dict) -> dict:
     return {"base": results}
 
 
-def personalize(job: dict) -> dict:
-    import numpy as np
-    import torch
-
+def _load_and_run_base(torch, np, job: dict, run):
+    """The phases before training, timed, with the memory high-water mark at each one's
+    end: import, model load (the samples and the network), features (`run(torch, net,
+    images, batch)`: the base's output, or the input of the layers trained)."""
     phases = {"import": time.perf_counter() - T0}
-    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
+    mem = {"import": _job.peak_mib()}
     torch.set_num_threads(job["threads"])
     t = time.perf_counter()
     images, labels = np.load(job["images"]), np.load(job["labels"])
@@ -160,9 +160,17 @@ def personalize(job: dict) -> dict:
     phases["model load"] = time.perf_counter() - t
     mem["model load"] = _job.peak_mib()
     t = time.perf_counter()
-    feats = features(torch, net, images, job["base_batch"])
+    out = run(torch, net, images, job["base_batch"])
     phases["features"] = time.perf_counter() - t
     mem["features"] = _job.peak_mib()
+    return phases, mem, labels, out
+
+
+def personalize(job: dict) -> dict:
+    import numpy as np
+    import torch
+
+    phases, mem, labels, feats = _load_and_run_base(torch, np, job, features)
     t = time.perf_counter()
     head = torch.nn.Linear(feats.shape[1], job["classes"])
     with torch.no_grad():  # the same start as the other peers
@@ -211,18 +219,7 @@ def personalize_last1(job: dict) -> dict:
     import numpy as np
     import torch
 
-    phases = {"import": time.perf_counter() - T0}
-    mem = {"import": _job.peak_mib()}  # the high-water mark at each phase's end
-    torch.set_num_threads(job["threads"])
-    t = time.perf_counter()
-    images, labels = np.load(job["images"]), np.load(job["labels"])
-    net = network(torch)
-    phases["model load"] = time.perf_counter() - t
-    mem["model load"] = _job.peak_mib()
-    t = time.perf_counter()
-    acts = block_input(torch, net, images, job["base_batch"])
-    phases["features"] = time.perf_counter() - t
-    mem["features"] = _job.peak_mib()
+    phases, mem, labels, acts = _load_and_run_base(torch, np, job, block_input)
     t = time.perf_counter()
     model = Trainer(torch, np, {"params": job["params"], "optimizer": "adam", "lr": job["lr"]},
                     job["batch"])
