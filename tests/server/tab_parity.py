@@ -1,5 +1,6 @@
 """Shared by the tab's parity tests (test_tab_audio.py, test_tab_text.py): edgetune.js
-run in a page through page.evaluate, and the checks against the Python runtime."""
+run in a page of the real server through page.evaluate, and the checks against the
+Python runtime. Import it with this folder on sys.path (it imports web_browser)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from web_browser import browser, page_of, running
 
 EPOCHS, BATCH = 15, 8
 IMPORT = """const { Personalizer } = await import("/static/edgetune.js");"""
@@ -15,6 +17,33 @@ IMPORT = """const { Personalizer } = await import("/static/edgetune.js");"""
 
 def js(page, body: str, arg=None):
     return page.evaluate(f"async (arg) => {{ {IMPORT} {body} }}", arg)
+
+
+def run_in_tab(pw, bundle, tmp_path: Path, body: str, arg) -> dict:
+    """What `body` returns, run (as js) in a page of the real server on `bundle`, in
+    server mode so that the page itself opens no Personalizer; no uncaught error."""
+    with running(bundle, tmp_path / "server") as (server, _), \
+            browser(pw, user_data=tmp_path / "u") as ctx:
+        page = page_of(ctx, errors := [])
+        page.goto(server.url + "?mode=server")
+        result = js(page, body, arg)
+        assert not errors
+    return result
+
+
+# JavaScript, after a Personalizer `p` with samples and an `input(x)` of arg.tests' items:
+# `before` and `after` are the open-set predictions of arg.tests around a fit with arg's
+# epochs, batch and orders (Python's: orders(n)) and no early stop
+FIT_BETWEEN_PREDICTIONS = """
+            const predictAll = async () => {
+                const out = [];
+                for (const x of arg.tests) out.push(await p.predict(input(x), { openSet: true }));
+                return out;
+            };
+            const before = await predictAll();
+            await p.fit({ epochs: arg.epochs, batchSize: arg.batch, earlyStop: false,
+                          orders: arg.orders });
+            const after = await predictAll();"""
 
 
 def orders(n: int) -> list[list[int]]:

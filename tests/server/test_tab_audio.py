@@ -31,24 +31,20 @@ import speech_synth as synth  # noqa: E402
 from tab_parity import (  # noqa: E402
     BATCH,
     EPOCHS,
+    FIT_BETWEEN_PREDICTIONS,
     VALUES,
     check_export,
     check_open_set,
     check_training,
-    js,
     orders,
+    run_in_tab,
 )
-from web_browser import NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
+from web_browser import NEEDS_CHROMIUM, playwright_driver  # noqa: E402
 
 del sys.path[:2]
 
-pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
+pytestmark = NEEDS_CHROMIUM
+pw = playwright_driver  # the fixture
 
 
 def _pcm(path: Path, rate: int) -> np.ndarray:
@@ -91,85 +87,72 @@ def test_audio_bundles_in_the_tab_as_in_python(pw, tmp_path):
     inputs = [(x, 48000) for x in test48] + [(x, 44100) for x in test44] + [wav]
     features_resampled = python.features(inputs)
     rows_resampled = np.stack([python.preparer.prepare(x) for x in inputs])
-    with running(synth.speech_bundle(), tmp_path / "server") as (server, _), \
-            browser(pw, user_data=tmp_path / "u") as ctx:
-        page = page_of(ctx, errors := [])
-        page.goto(server.url + "?mode=server")
-        result = js(page, f"""
-            const p = await Personalizer.open("/bundle/", {{ profile: "audio" }});
-            const pcm = (a) => Float32Array.from(a);
-            const rows = [], features = [];
-            for (const [i, x] of arg.train.entries()) {{
-                rows.push(Array.from(await p.prepare(pcm(x))));
-                const prepared = await p.features(pcm(x));  // what addSample does
-                features.push(Array.from(prepared.features));
-                await p.addPrepared(prepared, arg.labels[i]);
-            }}
-            const predictAll = async () => {{
-                const out = [];
-                for (const x of arg.test) out.push(await p.predict(pcm(x), {{ openSet: true }}));
-                return out;
-            }};
-            const before = await predictAll();
-            await p.fit({{ epochs: arg.epochs, batchSize: arg.batch, earlyStop: false,
-                           orders: arg.orders }});
-            const after = await predictAll();
-            const resampled = [], featuresResampled = [], rowsResampled = [];
-            const others = [...arg.test48.map((x) => [pcm(x), {{ sampleRate: 48000 }}]),
-                            ...arg.test44.map((x) => [pcm(x), {{ sampleRate: 44100 }}]),
-                            [new Blob([Uint8Array.from(arg.wav)], {{ type: "audio/wav" }}), {{}}]];
-            for (const [x, options] of others) {{
-                const prepared = await p.features(x, options);  // what predict does
-                featuresResampled.push(Array.from(prepared.features));
-                rowsResampled.push(Array.from(prepared.pcm));
-                resampled.push((await p.predictFeatures(prepared.features, 1))[0]);
-            }}
-            const bytes = await p.exportOnnx();
-            let model = "";  // base64: a 2.4 MB model as a JSON array is slow to pass
-            for (let i = 0; i < bytes.length; i += 8192) {{
-                model += String.fromCharCode(...bytes.subarray(i, i + 8192));
-            }}
-            model = btoa(model);
-            // other sources: a stereo AudioBuffer at 48 kHz, int16 samples at 16 kHz
-            const x48 = pcm(arg.test48[0]);
-            const buffer = new AudioBuffer({{ length: x48.length, sampleRate: 48000,
-                                             numberOfChannels: 2 }});
-            buffer.copyToChannel(x48, 0);
-            buffer.copyToChannel(x48, 1);
-            const sources = {{
-                buffer: Array.from(await p.prepare(buffer)),
-                int16: Array.from(await p.prepare(Int16Array.from(arg.int16))),
-            }};
-            let silent = null, clipped = null;
-            try {{ await p.addSample(new Float32Array(16000), "stop"); }}
-            catch (e) {{ silent = e.code; }}
-            try {{ await p.addSample(pcm(arg.train[0]).map((v, i) => (i % 50 ? v : 1)), "stop"); }}
-            catch (e) {{ clipped = e.message; }}
-            // a head-only copy of the profile: its stored data, the profile's open-set default
-            await p.setOpenSet(true);
-            const q = await Personalizer.open("/bundle/", {{ profile: "audio", base: false }});
-            const mineData = p.trainingData(), theirData = q.trainingData();
-            const probe = Float32Array.from(featuresResampled[0]);
-            const headOnly = {{
-                sameData: mineData.classes.join() === theirData.classes.join()
-                    && mineData.X.every((v, i) => v === theirData.X[i])
-                    && mineData.y.every((v, i) => v === theirData.y[i]),
-                n: theirData.y.length, openSet: q.openSet,
-                mine: (await p.predictFeatures(probe, 1))[0],
-                theirs: (await q.predictFeatures(probe, 1))[0],
-            }};
-            try {{ await q.predict(pcm(arg.test[0])); }} catch (e) {{ headOnly.refused = e.code; }}
-            q.close();
-            p.close();
-            return {{ rows, features, before, after, resampled, featuresResampled, rowsResampled,
-                     silent, clipped, headOnly, sources, model,
-                     values: {VALUES}, step: p.step, classes: p.classes() }};
-        """, {"train": [x.tolist() for x in train16], "labels": labels,
-              "test": [x.tolist() for x in test16], "test48": [x.tolist() for x in test48],
-              "test44": [x.tolist() for x in test44], "wav": list(wav.read_bytes()),
-              "int16": int16.tolist(),
-              "epochs": EPOCHS, "batch": BATCH, "orders": orders(len(keys))})
-        assert not errors
+    result = run_in_tab(pw, synth.speech_bundle(), tmp_path, f"""
+        const p = await Personalizer.open("/bundle/", {{ profile: "audio" }});
+        const pcm = (a) => Float32Array.from(a), input = pcm;
+        const rows = [], features = [];
+        for (const [i, x] of arg.train.entries()) {{
+            rows.push(Array.from(await p.prepare(pcm(x))));
+            const prepared = await p.features(pcm(x));  // what addSample does
+            features.push(Array.from(prepared.features));
+            await p.addPrepared(prepared, arg.labels[i]);
+        }}
+        {FIT_BETWEEN_PREDICTIONS}
+        const resampled = [], featuresResampled = [], rowsResampled = [];
+        const others = [...arg.test48.map((x) => [pcm(x), {{ sampleRate: 48000 }}]),
+                        ...arg.test44.map((x) => [pcm(x), {{ sampleRate: 44100 }}]),
+                        [new Blob([Uint8Array.from(arg.wav)], {{ type: "audio/wav" }}), {{}}]];
+        for (const [x, options] of others) {{
+            const prepared = await p.features(x, options);  // what predict does
+            featuresResampled.push(Array.from(prepared.features));
+            rowsResampled.push(Array.from(prepared.pcm));
+            resampled.push((await p.predictFeatures(prepared.features, 1))[0]);
+        }}
+        const bytes = await p.exportOnnx();
+        let model = "";  // base64: a 2.4 MB model as a JSON array is slow to pass
+        for (let i = 0; i < bytes.length; i += 8192) {{
+            model += String.fromCharCode(...bytes.subarray(i, i + 8192));
+        }}
+        model = btoa(model);
+        // other sources: a stereo AudioBuffer at 48 kHz, int16 samples at 16 kHz
+        const x48 = pcm(arg.test48[0]);
+        const buffer = new AudioBuffer({{ length: x48.length, sampleRate: 48000,
+                                         numberOfChannels: 2 }});
+        buffer.copyToChannel(x48, 0);
+        buffer.copyToChannel(x48, 1);
+        const sources = {{
+            buffer: Array.from(await p.prepare(buffer)),
+            int16: Array.from(await p.prepare(Int16Array.from(arg.int16))),
+        }};
+        let silent = null, clipped = null;
+        try {{ await p.addSample(new Float32Array(16000), "stop"); }}
+        catch (e) {{ silent = e.code; }}
+        try {{ await p.addSample(pcm(arg.train[0]).map((v, i) => (i % 50 ? v : 1)), "stop"); }}
+        catch (e) {{ clipped = e.message; }}
+        // a head-only copy of the profile: its stored data, the profile's open-set default
+        await p.setOpenSet(true);
+        const q = await Personalizer.open("/bundle/", {{ profile: "audio", base: false }});
+        const mineData = p.trainingData(), theirData = q.trainingData();
+        const probe = Float32Array.from(featuresResampled[0]);
+        const headOnly = {{
+            sameData: mineData.classes.join() === theirData.classes.join()
+                && mineData.X.every((v, i) => v === theirData.X[i])
+                && mineData.y.every((v, i) => v === theirData.y[i]),
+            n: theirData.y.length, openSet: q.openSet,
+            mine: (await p.predictFeatures(probe, 1))[0],
+            theirs: (await q.predictFeatures(probe, 1))[0],
+        }};
+        try {{ await q.predict(pcm(arg.tests[0])); }} catch (e) {{ headOnly.refused = e.code; }}
+        q.close();
+        p.close();
+        return {{ rows, features, before, after, resampled, featuresResampled, rowsResampled,
+                 silent, clipped, headOnly, sources, model,
+                 values: {VALUES}, step: p.step, classes: p.classes() }};
+    """, {"train": [x.tolist() for x in train16], "labels": labels,
+          "tests": [x.tolist() for x in test16], "test48": [x.tolist() for x in test48],
+          "test44": [x.tolist() for x in test44], "wav": list(wav.read_bytes()),
+          "int16": int16.tolist(),
+          "epochs": EPOCHS, "batch": BATCH, "orders": orders(len(keys))})
     # at 16 kHz: the same rows, bit for bit, and the same features within 1e-4
     assert np.array_equal(np.asarray(result["rows"], np.float32), rows)
     diff = float(np.abs(np.asarray(result["features"], np.float32) - X).max())

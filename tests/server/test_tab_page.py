@@ -26,12 +26,22 @@ from edgetune.server import default_bundle  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py, test_web.py
 from test_web import crops, photo, write_y4m  # noqa: E402
-from web_browser import FAKE_MEDIA, NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
+from web_browser import (  # noqa: E402
+    FAKE_MEDIA,
+    NEEDS_CHROMIUM,
+    assert_nothing_sent,
+    browser,
+    log_requests,
+    page_of,
+    playwright_driver,
+    running,
+)
 
 sys.path.pop(0)
 
 expect = playwright_api.expect
-pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
+pytestmark = NEEDS_CHROMIUM
+pw = playwright_driver  # the fixture
 
 PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
 FPS = 10
@@ -49,12 +59,6 @@ MEAN_COLOR = """() => {
     for (let i = 0; i < data.length; i += 4) for (let c = 0; c < 3; c++) mean[c] += data[i + c];
     return mean.map((v) => v / (32 * 24));
 }"""
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
 
 
 def _showing(page, means: dict) -> str | None:
@@ -85,13 +89,12 @@ def test_the_page_personalizes_in_the_tab_and_sends_no_image(pw, edgetune_cache,
         means[name] = np.mean([s.reshape(-1, 3).mean(0) for s in shots], axis=0)
     clip = write_y4m(tmp_path / "three.y4m", frames, fps=FPS)
     bundle = default_bundle(cache_dir=edgetune_cache)
-    requests, sockets, errors = [], [], []
+    errors = []
     with running(bundle, tmp_path / "profile") as (server, personalizer), \
             browser(pw, *FAKE_MEDIA, f"--use-file-for-fake-video-capture={clip}",
                     user_data=tmp_path / "u") as ctx:
         page = page_of(ctx, errors)
-        page.on("request", lambda r: requests.append((r.method, r.url, r.post_data_buffer)))
-        page.on("websocket", lambda ws: sockets.append(ws.url))
+        requests, sockets = log_requests(page)
         page.goto(server.url)
         expect(page.locator("body")).to_have_attribute("data-mode", "tab", timeout=60_000)
         expect(page.locator("#status")).to_have_text("No classes yet")
@@ -134,15 +137,6 @@ def test_the_page_personalizes_in_the_tab_and_sends_no_image(pw, edgetune_cache,
         meta = session.get_modelmeta().custom_metadata_map
         assert json.loads(meta["edgetune.classes"]) == list(PHOTOS)
     assert not errors, errors
-    assert not sockets, f"the page opened WebSockets: {sockets}"
     # blob: URLs (the download made in the tab) never leave the browser
-    local = [url for _, url, _ in requests if url.startswith("blob:")]
-    assert all(url.startswith(f"blob:{server.url.rstrip('/')}/") for url in local), local
-    paths = [(method, url.split("/", 3)[3], body) for method, url, body in requests
-             if not url.startswith("blob:")]
-    assert all(method in ("GET", "HEAD") and not body for method, _, body in paths), \
-        [(m, p) for m, p, b in paths if m not in ("GET", "HEAD") or b]
-    others = [path for _, path, _ in paths
-              if not (path == "" or path.startswith(("static/", "bundle/", "api/state")))]
-    assert not others, others
+    paths = assert_nothing_sent(requests, sockets, server)
     assert any(path == "bundle/base.onnx" for _, path, _ in paths)

@@ -24,23 +24,19 @@ import text_data  # noqa: E402
 from tab_parity import (  # noqa: E402
     BATCH,
     EPOCHS,
+    FIT_BETWEEN_PREDICTIONS,
     VALUES,
     check_open_set,
     check_training,
-    js,
     orders,
+    run_in_tab,
 )
-from web_browser import NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
+from web_browser import NEEDS_CHROMIUM, playwright_driver  # noqa: E402
 
 del sys.path[:2]
 
-pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
+pytestmark = NEEDS_CHROMIUM
+pw = playwright_driver  # the fixture
 
 
 HARD = [
@@ -64,58 +60,46 @@ def test_text_bundles_in_the_tab_as_in_python(pw, tmp_path):
     before = python.predict_many(tests, open_set=True)
     python.fit(epochs=EPOCHS, batch_size=BATCH, early_stop=False)
     after = python.predict_many(tests, open_set=True)
-    with running(text_data.text_bundle(), tmp_path / "server") as (server, _), \
-            browser(pw, user_data=tmp_path / "u") as ctx:
-        page = page_of(ctx, errors := [])
-        page.goto(server.url + "?mode=server")
-        result = js(page, f"""
-            const p = await Personalizer.open("/bundle/", {{ profile: "text" }});
-            const rows = [];
-            for (const t of [...arg.texts, ...arg.tests]) {{
-                rows.push(Array.from(await p.prepare(t), Number));
+    result = run_in_tab(pw, text_data.text_bundle(), tmp_path, f"""
+        const p = await Personalizer.open("/bundle/", {{ profile: "text" }});
+        const input = (t) => t;
+        const rows = [];
+        for (const t of [...arg.texts, ...arg.tests]) {{
+            rows.push(Array.from(await p.prepare(t), Number));
+        }}
+        const features = [];
+        for (const [i, t] of arg.texts.entries()) {{
+            const prepared = await p.features(t);  // what addSample does
+            features.push(Array.from(prepared.features));
+            await p.addPrepared(prepared, arg.labels[i]);
+        }}
+        {FIT_BETWEEN_PREDICTIONS}
+        const exported = [];  // the exported model, run in the tab on Python's rows
+        {{
+            const ort = await import("/static/ort/ort.wasm.min.mjs");
+            const session = await ort.InferenceSession.create(await p.exportOnnx());
+            const L = arg.rows[0].length / 2;
+            for (const row of arg.rows) {{
+                const ids = BigInt64Array.from(row.slice(0, L), BigInt);
+                const mask = BigInt64Array.from(row.slice(L), BigInt);
+                const out = await session.run({{
+                    input_ids: new ort.Tensor("int64", ids, [1, L]),
+                    attention_mask: new ort.Tensor("int64", mask, [1, L]) }});
+                exported.push(Array.from(out.probabilities.data));
             }}
-            const features = [];
-            for (const [i, t] of arg.texts.entries()) {{
-                const prepared = await p.features(t);  // what addSample does
-                features.push(Array.from(prepared.features));
-                await p.addPrepared(prepared, arg.labels[i]);
-            }}
-            const predictAll = async () => {{
-                const out = [];
-                for (const t of arg.tests) out.push(await p.predict(t, {{ openSet: true }}));
-                return out;
-            }};
-            const before = await predictAll();
-            await p.fit({{ epochs: arg.epochs, batchSize: arg.batch, earlyStop: false,
-                           orders: arg.orders }});
-            const after = await predictAll();
-            const exported = [];  // the exported model, run in the tab on Python's rows
-            {{
-                const ort = await import("/static/ort/ort.wasm.min.mjs");
-                const session = await ort.InferenceSession.create(await p.exportOnnx());
-                const L = arg.rows[0].length / 2;
-                for (const row of arg.rows) {{
-                    const ids = BigInt64Array.from(row.slice(0, L), BigInt);
-                    const mask = BigInt64Array.from(row.slice(L), BigInt);
-                    const out = await session.run({{
-                        input_ids: new ort.Tensor("int64", ids, [1, L]),
-                        attention_mask: new ort.Tensor("int64", mask, [1, L]) }});
-                    exported.push(Array.from(out.probabilities.data));
-                }}
-                await session.release();
-            }}
-            const file = new File([arg.tests[0]], "quote.txt", {{ type: "text/plain" }});
-            const fromFile = Array.from(await p.prepare(file), Number);
-            const refused = [];
-            for (const t of ["", " \\n\\t\\u3000 "]) {{
-                try {{ await p.predict(t); }} catch (e) {{ refused.push(e.code); }}
-            }}
-            return {{ rows, features, before, after, refused, exported, fromFile, values: {VALUES},
-                     step: p.step, classes: p.classes() }};
-        """, {"texts": texts, "labels": labels, "tests": tests, "epochs": EPOCHS,
-              "batch": BATCH, "orders": orders(len(texts)),
-              "rows": python_rows[len(texts):].reshape(len(tests), -1).tolist()})
-        assert not errors
+            await session.release();
+        }}
+        const file = new File([arg.tests[0]], "quote.txt", {{ type: "text/plain" }});
+        const fromFile = Array.from(await p.prepare(file), Number);
+        const refused = [];
+        for (const t of ["", " \\n\\t\\u3000 "]) {{
+            try {{ await p.predict(t); }} catch (e) {{ refused.push(e.code); }}
+        }}
+        return {{ rows, features, before, after, refused, exported, fromFile, values: {VALUES},
+                 step: p.step, classes: p.classes() }};
+    """, {"texts": texts, "labels": labels, "tests": tests, "epochs": EPOCHS,
+          "batch": BATCH, "orders": orders(len(texts)),
+          "rows": python_rows[len(texts):].reshape(len(tests), -1).tolist()})
     got = np.asarray(result["rows"], np.int64).reshape(rows.shape)
     assert np.array_equal(got, rows)  # token ids and mask
     diff = float(np.abs(np.asarray(result["features"], np.float32) - X).max())

@@ -27,17 +27,16 @@ from PIL import Image
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
-from edgetune.server import default_bundle  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py
 from web_browser import (  # noqa: E402
     ARTIFACTS,
     FAKE_MEDIA,
-    NO_CHROMIUM,
+    NEEDS_CHROMIUM,
     browser,
-    has_chromium,
+    default_bundle_fixture,
     hold,
     page_of,
+    playwright_driver,
     running,
 )
 
@@ -45,21 +44,8 @@ sys.path.pop(0)
 
 expect = playwright_api.expect
 
-pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
-
-
-# ----------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def default_bundle_path(edgetune_cache):
-    return default_bundle(cache_dir=edgetune_cache)
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
+pytestmark = NEEDS_CHROMIUM
+pw, default_bundle_path = playwright_driver, default_bundle_fixture  # the fixtures
 
 
 # ----------------------------------------------------------------------- real photos

@@ -22,16 +22,24 @@ from PIL import Image
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
-from edgetune.server import default_bundle  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py, test_web.py
 from test_web import add_class, crops, photo  # noqa: E402
-from web_browser import NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
+from web_browser import (  # noqa: E402
+    NEEDS_CHROMIUM,
+    assert_nothing_sent,
+    browser,
+    default_bundle_fixture,
+    log_requests,
+    page_of,
+    playwright_driver,
+    running,
+)
 
 sys.path.pop(0)
 
 expect = playwright_api.expect
-pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
+pytestmark = NEEDS_CHROMIUM
+pw, default_bundle_path = playwright_driver, default_bundle_fixture  # the fixtures
 
 # every text the toast shows: each toast replaces the toast's text node, and the records
 # keep every added node even when several toasts come before the observer runs
@@ -41,17 +49,6 @@ TOASTS = """new MutationObserver((records) => {
         for (const node of r.addedNodes) (window.toasts ||= []).push(node.textContent);
     }
 }).observe(document, {subtree: true, childList: true});"""
-
-
-@pytest.fixture(scope="module")
-def default_bundle_path(edgetune_cache):
-    return default_bundle(cache_dir=edgetune_cache)
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
 
 
 def _toasts_naming(page, name: str) -> list[str]:
@@ -70,13 +67,12 @@ def test_tab_settings_upload_held_out_accuracy_reload_mid_run(pw, default_bundle
     bad.write_bytes(b"shopping list: milk, eggs")
     lr = json.loads((Path(default_bundle_path) / "manifest.json").read_text())["optimizer"]["lr"]
 
-    requests, sockets, errors = [], [], []
+    errors = []
     with running(default_bundle_path, tmp_path / "profile") as (server, personalizer), \
             browser(pw, user_data=tmp_path / "u") as context:
         context.add_init_script(TOASTS)
         page = page_of(context, errors)
-        page.on("request", lambda r: requests.append((r.method, r.url, r.post_data_buffer)))
-        page.on("websocket", lambda ws: sockets.append(ws.url))
+        requests, sockets = log_requests(page)
         page.goto(server.url)
         expect(page.locator("body")).to_have_attribute("data-mode", "tab", timeout=60_000)
 
@@ -159,14 +155,7 @@ def test_tab_settings_upload_held_out_accuracy_reload_mid_run(pw, default_bundle
         assert json.loads(meta["edgetune.classes"]) == ["person", "rocket", "coffee"]
         assert personalizer.counts() == {}, "samples reached the server"
     assert not errors, errors
-    assert not sockets, sockets
-    paths = [(m, url.split("/", 3)[3], body) for m, url, body in requests
-             if not url.startswith("blob:")]
-    assert all(m in ("GET", "HEAD") and not body for m, _, body in paths), \
-        [(m, p) for m, p, b in paths if m not in ("GET", "HEAD") or b]
-    others = [p for _, p, _ in paths
-              if not (p == "" or p.startswith(("static/", "bundle/", "api/state")))]
-    assert not others, others
+    assert_nothing_sent(requests, sockets)
 
 
 def test_a_second_tab_waits_for_the_first_and_takes_over(pw, default_bundle_path, tmp_path):

@@ -20,40 +20,34 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 soundfile = pytest.importorskip("soundfile")
 
-from edgetune.errors import EdgetuneError  # noqa: E402
-from edgetune.server import default_bundle  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py, test_web_audio.py
 from test_web_audio import RATE, keyword_track, room, write_wav  # noqa: E402
+from test_web_audio import speech_bundle as speech_bundle_fixture  # noqa: E402
 from web_browser import (  # noqa: E402
     FAKE_MEDIA,
-    NO_CHROMIUM,
+    NEEDS_CHROMIUM,
+    assert_nothing_sent,
     browser,
-    has_chromium,
     hold,
+    log_requests,
     page_of,
+    playwright_driver,
     running,
 )
 
 sys.path.pop(0)
 
 expect = playwright_api.expect
+pw, speech_bundle = playwright_driver, speech_bundle_fixture  # the fixtures
 pytestmark = [
-    pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM),
+    NEEDS_CHROMIUM,
     pytest.mark.skipif(shutil.which("espeak-ng") is None,
                        reason="espeak-ng is not installed (apt-get install espeak-ng)"),
 ]
 
 
-@pytest.fixture(scope="module")
-def speech_bundle(edgetune_cache):
-    try:
-        return default_bundle(cache_dir=edgetune_cache, base="speech-embedding")
-    except (EdgetuneError, ImportError, OSError) as e:
-        pytest.skip(f"no speech-embedding base here ({e})")
-
-
-def test_the_microphone_page_personalizes_in_the_tab_and_sends_no_audio(speech_bundle, tmp_path):
+def test_the_microphone_page_personalizes_in_the_tab_and_sends_no_audio(pw, speech_bundle,
+                                                                        tmp_path):
     words = write_wav(tmp_path / "lights.wav", keyword_track(tmp_path))
     noise = []
     for i in range(4):  # room noise at four levels; the last one as FLAC
@@ -64,14 +58,12 @@ def test_the_microphone_page_personalizes_in_the_tab_and_sends_no_audio(speech_b
     bad = tmp_path / "memo.wav"
     bad.write_bytes(b"call the plumber on monday")
 
-    requests, sockets, errors = [], [], []
-    with playwright_api.sync_playwright() as pw, \
-            running(speech_bundle, tmp_path / "profile") as (server, personalizer), \
+    errors = []
+    with running(speech_bundle, tmp_path / "profile") as (server, personalizer), \
             browser(pw, *FAKE_MEDIA, f"--use-file-for-fake-audio-capture={words}",
                     user_data=tmp_path / "u") as context:
         page = page_of(context, errors)
-        page.on("request", lambda r: requests.append((r.method, r.url, r.post_data_buffer)))
-        page.on("websocket", lambda ws: sockets.append(ws.url))
+        requests, sockets = log_requests(page)
         page.goto(server.url)
         expect(page.locator("body")).to_have_attribute("data-mode", "tab", timeout=60_000)
         expect(page.locator("#app-title")).to_have_text("Teachable microphone")
@@ -114,14 +106,5 @@ def test_the_microphone_page_personalizes_in_the_tab_and_sends_no_audio(speech_b
         assert personalizer.counts() == {}, "samples reached the server"
     assert not errors, errors
     assert heard >= 1
-    assert not sockets, f"the page opened WebSockets: {sockets}"
-    local = [url for _, url, _ in requests if url.startswith("blob:")]
-    assert all(url.startswith(f"blob:{server.url.rstrip('/')}/") for url in local), local
-    paths = [(m, url.split("/", 3)[3], body) for m, url, body in requests
-             if not url.startswith("blob:")]
-    assert all(m in ("GET", "HEAD") and not body for m, _, body in paths), \
-        [(m, p) for m, p, b in paths if m not in ("GET", "HEAD") or b]
-    others = [p for _, p, _ in paths
-              if not (p == "" or p.startswith(("static/", "bundle/", "api/state")))]
-    assert not others, others
+    paths = assert_nothing_sent(requests, sockets, server)
     assert any(p.startswith("bundle/") and p.endswith(".onnx") for _, p, _ in paths)

@@ -22,20 +22,15 @@ from edgetune.server import default_bundle  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py, test_web.py
 from test_web import add_class, crops, photo  # noqa: E402
-from web_browser import NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
+from web_browser import NEEDS_CHROMIUM, browser, page_of, playwright_driver, running  # noqa: E402
 
 sys.path.pop(0)
 
 expect = playwright_api.expect
-pytestmark = pytest.mark.skipif(not has_chromium(), reason=NO_CHROMIUM)
+pytestmark = NEEDS_CHROMIUM
+pw = playwright_driver  # the fixture
 
 EPOCHS = re.compile(r"Training loss per epoch: (\d+) epochs")
-
-
-@pytest.fixture(scope="module")
-def pw():
-    with playwright_api.sync_playwright() as p:
-        yield p
 
 
 def _epochs_drawn(page) -> int:

@@ -13,27 +13,16 @@
 // so this costs one head fit.
 
 import { Personalizer } from "./edgetune.js";
+import { mulberry32 } from "./edgetune/fit.js"; // floats in [0, 1) from a seed
 
 export const HELD_OUT = 0.2;
 const DATABASE = "edgetune-heldout";
 const PROFILE = "heldout";
 
-/** A small seeded random number generator (mulberry32): floats in [0, 1). */
-function random(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Held-out rows (a Uint8Array mask): `fraction` of each class, at least one; a class
  * with a single sample keeps it for training. */
 export function split(y, nClasses, fraction = HELD_OUT, seed = 0) {
-  const rand = random(seed);
+  const rand = mulberry32(seed);
   const test = new Uint8Array(y.length);
   for (let k = 0; k < nClasses; k++) {
     const rows = [];
