@@ -397,7 +397,8 @@ class Bundle:
                 "trainable": m.get("trainable"), "head": m.get("head"), "loss": m.get("loss"),
                 "optimizer": m.get("optimizer"), "classes": m.get("classes"),
                 "graphs": graphs, "params": params, "state_slots": len(self.state),
-                "total_bytes": sum(len(self._bytes(e, w)) for w, e in self._file_entries(m)),
+                "total_bytes": sum(graphs[w[len("graphs."):]]["bytes"] if w.startswith("graphs.")
+                                   else len(self._bytes(e, w)) for w, e in self._file_entries(m)),
                 "verified": True}
 
     # -- writing --------------------------------------------------------------------------
@@ -452,6 +453,12 @@ class Bundle:
         moved = Bundle(self.manifest, self.files, Path(path).resolve())
         moved._verified = self._verified
         return moved
+
+    @property
+    def verified_files(self) -> VerifiedFiles | None:
+        """The record of verified files this bundle was loaded with (None: every file
+        hashed)."""
+        return self._verified
 
     def _unread(self, name: str) -> bool:
         """Whether `load` left this file unread (trusted, read when used)."""

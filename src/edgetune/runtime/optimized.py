@@ -124,13 +124,14 @@ def optimized_session(bundle, role: str, threads: int | None, disabled: list[str
     """A session of the bundle's graph `role` from this machine's saved optimized form
     (written by this call the first time); None when the cache cannot be used, so the
     caller makes a plain session."""
+    verified = bundle.verified_files if cache is None else None  # the cache's, read once
     if cache is None:
         from edgetune.paths import cache_dir
 
         cache = cache_dir()
     entry = bundle.manifest["graphs"][role]
     path = optimized_path(cache, entry["sha256"])
-    verified = VerifiedFiles(cache / "verified.json")
+    verified = verified or VerifiedFiles(cache / "verified.json")
     try:
         session = _load(path, threads, verified)
         if session is None:

@@ -36,9 +36,15 @@ ORT_FILES = {
 }
 TOKENIZERS_FILE = (Path(__file__).parent / "web" / "node_modules" / "@huggingface" / "tokenizers"
                    / "dist" / "tokenizers.min.mjs")
-ORT_MISSING = ("onnxruntime-web is not installed next to the server (src/edgetune/server/"
-               "web/node_modules); run `make run` on a machine with npm, or "
-               "`npm ci --ignore-scripts --prefix src/edgetune/server/web`")
+
+
+def _missing(package: str) -> str:
+    return (f"{package} is not installed next to the server (src/edgetune/server/"
+            "web/node_modules); run `make run` on a machine with npm, or "
+            "`npm ci --ignore-scripts --prefix src/edgetune/server/web`")
+
+
+ORT_MISSING = _missing("onnxruntime-web")
 # Revalidated on every use (the ETag makes that a 304): a profile's bundle is replaced
 # only with the profile, and a stale cached graph would fail its sha256 check.
 REVALIDATE = {"Cache-Control": "no-cache"}
@@ -85,7 +91,7 @@ async def ort_file(request: Request) -> Response:
 
 async def tokenizers_file(request: Request) -> Response:
     if not TOKENIZERS_FILE.is_file():
-        raise ApiError(404, ORT_MISSING.replace("onnxruntime-web", "@huggingface/tokenizers", 1),
+        raise ApiError(404, _missing("@huggingface/tokenizers"),
                        "tokenizers_missing")
     return FileResponse(TOKENIZERS_FILE, media_type="text/javascript", headers=REVALIDATE)
 

@@ -148,21 +148,28 @@ export class Personalizer {
 
   /** The calibrated threshold of each class (null: background, no samples, too few samples). */
   openSetThresholds() {
-    return { ...this._prototypes().calibration.thresholds };
+    return { ...this._calibration().thresholds };
   }
 
-  /** Class sums, prototypes and the open-set calibration of the current samples. */
+  /** Class sums and prototypes of the current samples. */
   _prototypes() {
     if (this._sumsStale) {
       const { X, y } = this._data();
       const { Z, F } = this._comparable(X, y.length);
       const { sums, counts } = classSums(Z, y, this._classes.length, F);
-      this._sums = { sums, counts, classes: [...this._classes], F,
-        means: classMeans(sums, this._classes.length, F),
-        calibration: calibrate(Z, y, this._classes, F) };
+      this._sums = { sums, counts, classes: [...this._classes], F, Z, y,
+        means: classMeans(sums, this._classes.length, F), calibration: null };
       this._sumsStale = false;
     }
     return this._sums;
+  }
+
+  /** The open-set calibration of the current samples, computed when first asked (as
+   * Python's OpenSet.calibration): a prototype answer does not need it. */
+  _calibration() {
+    const sums = this._prototypes();
+    sums.calibration ??= calibrate(sums.Z, sums.y, sums.classes, sums.F);
+    return sums.calibration;
   }
 
   /** Features as the rows prototypes and the open set compare (prototypes.comparable). */
@@ -371,6 +378,8 @@ export class Personalizer {
     if (!snap.classes.length) throw new EdgetuneError("no classes yet: add samples before predicting", "bad_input");
     let scores;
     let source;
+    let rows = null; // the features as prototypes and the open set compare them, made once
+    const comparableRows = () => (rows ??= this._comparable(features, n));
     const C = snap.classes.length;
     if (snap.trained) {
       const graph = this.manifest.graphs.infer;
@@ -380,7 +389,7 @@ export class Personalizer {
       source = "head";
     } else {
       this._prototypes();
-      const { Z, F } = this._comparable(features, n);
+      const { Z, F } = comparableRows();
       const all = prototypeScores(Z, n, this._sums.sums, this._sums.counts, F);
       const k = this._sums.classes.length;
       scores = new Float32Array(n * C);
@@ -399,9 +408,9 @@ export class Personalizer {
       out.push({ label: snap.classes[best], source, scores: Object.fromEntries(snap.classes.map((c, i) => [c, row[i]])) });
     }
     if (openSet ?? this._openSet) {
-      const { classes, means, calibration } = this._prototypes();
-      const { Z, F } = this._comparable(features, n);
-      return judgeAll(Z, F, out, classes, means, calibration);
+      const { classes, means } = this._prototypes();
+      const { Z, F } = comparableRows();
+      return judgeAll(Z, F, out, classes, means, this._calibration());
     }
     return out;
   }

@@ -142,32 +142,27 @@ export class TabBackend {
   /** A renamed class keeps its place in what the head was trained on (not "new"), and
    * its held-out accuracy. */
   renamed(from, to) {
+    const rename = (object) => Object.fromEntries(Object.entries(object)
+      .map(([name, value]) => [name === from ? to.trim() : name, value]));
     const report = this.run?.evaluation;
-    if (report && from in report.per_class) {
-      report.per_class = Object.fromEntries(Object.entries(report.per_class)
-        .map(([name, value]) => [name === from ? to.trim() : name, value]));
-    }
+    if (report && from in report.per_class) report.per_class = rename(report.per_class);
     const record = this.trainedOn;
     if (!record || !(from in record.counts)) return;
-    const counts = {};
-    for (const [name, n] of Object.entries(record.counts)) counts[name === from ? to.trim() : name] = n;
-    this.trainedOn = { ...record, counts };
+    this.trainedOn = { ...record, counts: rename(record.counts) };
     localStorage.setItem(`edgetune.trainedOn.${PROFILE}`, JSON.stringify(this.trainedOn));
   }
 
   /** What the page needs to know about inputs (as the server's Studio.input). */
   inputInfo() {
-    const spec = this.p.input ?? {};
-    const kind = spec.kind ?? "image";
+    const { kind, sampleRate, samples } = this.p.kind;
     if (kind !== "audio") return { kind };
-    const rate = Number(spec.sample_rate ?? 16000);
-    const samples = Number(spec.samples ?? spec.shape?.[1]);
-    return { kind, sample_rate: rate, samples, seconds: samples / rate };
+    return { kind, sample_rate: sampleRate, samples, seconds: samples / sampleRate };
   }
 
   /** A source of the bundle's kind from a file (audio: audioOf). */
   async sourceOf(file) {
-    return this.inputInfo().kind === "audio" ? audioOf(file, this.inputInfo().sample_rate) : file;
+    const { kind, sampleRate } = this.p.kind;
+    return kind === "audio" ? audioOf(file, sampleRate) : file;
   }
 
   /** The server's endpoints, answered in the tab (errors as ui.js's api() answers them). */

@@ -6,6 +6,7 @@
 //   text    string or .txt Blob -> int64 ids and mask [2, max_length] (text.js)
 //   tensor  no preparer: addFeatures only
 //
+// kind.rowLength: the length of one row (audio also: kind.sampleRate, kind.samples);
 // kind.prepare(source, options) -> {row, pixels?, pcm?, truncated?}; kind.feeds(ort,
 // rows, n) -> the base's feeds for n rows laid end to end.
 
@@ -28,7 +29,6 @@ export async function inputKind(bundle, graph, options = {}) {
     return {
       kind,
       rowLength: product(shape.slice(1)),
-      rows: (n) => (dtype === "uint8" ? new Uint8Array(n * product(shape.slice(1))) : new Float32Array(n * product(shape.slice(1)))),
       async prepare(source) {
         if (kind === "tensor") throw new EdgetuneError("input kind tensor: use addFeatures", "bad_input");
         const pixels = await preparePixels(source, width, height);
@@ -42,8 +42,8 @@ export async function inputKind(bundle, graph, options = {}) {
     return {
       kind,
       sampleRate: Number(spec.sample_rate ?? 16000),
+      samples,
       rowLength: samples,
-      rows: (n) => new Float32Array(n * samples),
       async prepare(source, opts = {}) {
         const { row } = await prepareAudio(source, spec, opts);
         return { row, pcm: row };
@@ -60,7 +60,6 @@ export async function inputKind(bundle, graph, options = {}) {
       kind,
       tokens,
       rowLength: 2 * L,
-      rows: (n) => new BigInt64Array(n * 2 * L),
       async prepare(source) {
         const encoded = await tokens.encode(source);
         const row = new BigInt64Array(2 * L);

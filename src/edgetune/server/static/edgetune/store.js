@@ -107,11 +107,8 @@ export class ProfileStore {
     this.profile = { ...this.profile, ...fields };
   }
 
-  async setClasses(classes) {
-    const tx = this.db.transaction(["profiles"], "readwrite");
-    tx.objectStore("profiles").put({ ...this.profile, classes });
-    await done(tx);
-    this.profile = { ...this.profile, classes };
+  setClasses(classes) {
+    return this.setFields({ classes });
   }
 
   async removeSample(id) {
