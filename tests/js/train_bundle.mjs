@@ -191,14 +191,14 @@ async function textFeatures(base, tokenizer, texts, tokens, chunk = 8) {
   let features = null;
   let shape = null;
   for (let from = 0; from < texts.length; from += chunk) {
-    const rows = texts.slice(from, from + chunk).map((t) => tokenizer.encode(t));
+    const rows = await Promise.all(texts.slice(from, from + chunk).map((t) => tokenizer.encode(t)));
     const ids = new BigInt64Array(rows.length * L);
     const mask = new BigInt64Array(rows.length * L);
     rows.forEach((r, i) => {
-      r.ids.forEach((v, j) => { ids[i * L + j] = BigInt(v); });
-      r.attentionMask.forEach((v, j) => { mask[i * L + j] = BigInt(v); });
-      tokens.input_ids.push(r.ids);
-      tokens.attention_mask.push(r.attentionMask);
+      ids.set(r.ids, i * L);
+      mask.set(r.mask, i * L);
+      tokens.input_ids.push(Array.from(r.ids, Number));
+      tokens.attention_mask.push(Array.from(r.mask, Number));
       tokens.truncated.push(r.truncated);
     });
     const result = (await base.session.run({

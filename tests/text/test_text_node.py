@@ -3,11 +3,11 @@
 tests/js/train_bundle.mjs gets the bundle and the texts (Debian fortunes quotations of
 5 topics, plus sentences that stress the tokenizer: accents, CJK, emoji, odd
 whitespace, a text longer than max_length). It reads the bundle's tokenizer.json with
-@huggingface/tokenizers (tests/js/text_tokens.mjs), runs the base graph on the token
-ids it made, trains the head with the train graphs and scores held-out texts with
-infer. Every text's token ids and mask must equal the Python runtime's (the preparer,
-with the `tokenizers` library), and features, losses, parameters and probabilities
-must agree with Python onnxruntime's.
+@huggingface/tokenizers through the browser runtime's text.js (tests/js/text_tokens.mjs),
+runs the base graph on the token ids it made, trains the head with the train graphs and
+scores held-out texts with infer. Every text's token ids and mask must equal the Python
+runtime's (the preparer, with the `tokenizers` library), and features, losses,
+parameters and probabilities must agree with Python onnxruntime's.
 """
 
 from __future__ import annotations
