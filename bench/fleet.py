@@ -30,7 +30,7 @@ global-then-local heads" of BENCHMARKS.md (--personal-only: only the second).
 from __future__ import annotations
 
 import argparse
-import gzip
+import importlib.util
 import os
 import tempfile
 import threading
@@ -38,11 +38,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCHMARKS, machine, revision, write_section
+from common import BENCHMARKS, ROOT, machine, revision, write_section
 
-DATA = Path("/usr/share/datasets/fashion-mnist")
-NAMES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
-         "bag", "boot")
+# The fleet tests' Fashion-MNIST features (loaded by path: `fleet` is this script's name).
+_spec = importlib.util.spec_from_file_location("fleet_data", ROOT / "tests" / "fleet" /
+                                               "fleet_data.py")
+fleet_data = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fleet_data)
+NAMES, fashion_features = fleet_data.NAMES, fleet_data.fashion_features
+
 HEADING = "## Fleet: federated personalization"
 PERSONAL_HEADING = "## Fleet: global, local and global-then-local heads"
 PERSONAL_DEVICES = 10
@@ -50,35 +54,6 @@ PERSONAL_TEST = 100  # test samples a device draws, in its own label proportions
 LOCAL_EPOCHS = 30  # a head trained on the device alone: as many epochs as the central one
 FINE_TUNE_EPOCHS = 5  # the global head fine-tuned on the device
 CLIP = 0.1  # DP clipping norm of a device's update (a round's update is ~0.2-1 here)
-
-
-def read_idx(name: str) -> np.ndarray:
-    raw = gzip.decompress((DATA / name).read_bytes())
-    dims = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def features(bundle: str, per_class: int, test: int, cache: Path) -> dict:
-    from edgetune.runtime.personalizer import Personalizer
-
-    path = cache / f"bench-fleet-{per_class}-{test}.npz"
-    if not path.exists():
-        images, y = read_idx("train-images-idx3-ubyte.gz"), read_idx("train-labels-idx1-ubyte.gz")
-        rng = np.random.default_rng(0)
-        pick = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False)
-                               for c in range(10)])
-        t_images, t_y = read_idx("t10k-images-idx3-ubyte.gz")[:test], read_idx(
-            "t10k-labels-idx1-ubyte.gz")[:test]
-        with tempfile.TemporaryDirectory() as tmp, Personalizer(bundle, profile=tmp) as p:
-            X = np.concatenate([p.features(list(images[pick[i:i + 64]]))
-                                for i in range(0, len(pick), 64)])
-            X_t = np.concatenate([p.features(list(t_images[i:i + 64]))
-                                  for i in range(0, len(t_images), 64)])
-        np.savez(path, X=X, y=y[pick], X_test=X_t, test_y=t_y)
-    d = np.load(path)
-    return {"X": d["X"], "labels": [NAMES[i] for i in d["y"]], "X_test": d["X_test"],
-            "test_labels": [NAMES[i] for i in d["test_y"]]}
 
 
 class PeakMemory:
@@ -255,7 +230,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     built = convert("efficientnet-lite0", "softmax", "adam", classes=10, cache_dir=cache)
     bundle = str(built.save(work / "fashion.edgetune"))
-    data = features(bundle, args.per_class, args.test, cache)
+    data = fashion_features(bundle, args.per_class, args.test,
+                            cache / f"bench-fleet-{args.per_class}-{args.test}.npz")
     personal = personal_section(personalization(bundle, data, args.rounds), args.rounds,
                                 args)
     print(personal)

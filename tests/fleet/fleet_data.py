@@ -34,26 +34,36 @@ def fashion_bundle(edgetune_cache, tmp_path_factory) -> str:
     return str(built.save(tmp_path_factory.mktemp("fleet") / "fashion.edgetune"))
 
 
-@pytest.fixture(scope="session")
-def fashion(fashion_bundle, edgetune_cache, tmp_path_factory) -> dict:
-    """{"X", "labels"}: TRAIN_PER_CLASS training images of each class; {"X_test",
-    "test_labels"}: the first TEST_IMAGES of t10k; features of the bundle's base."""
+def fashion_features(bundle: str, per_class: int, test: int, path: Path) -> dict:
+    """{"X", "labels"}: `per_class` training images of each class (seeded draw); {"X_test",
+    "test_labels"}: the first `test` images of t10k; features of the bundle's base, kept
+    in `path` (.npz) once computed. bench/fleet.py uses it too."""
+    import tempfile
+
     from edgetune.runtime.personalizer import Personalizer
 
-    cache = Path(edgetune_cache) / f"fleet-fashion-{TRAIN_PER_CLASS}-{TEST_IMAGES}.npz"
-    if not cache.exists():
+    if not path.exists():
         images, y = read_idx("train-images-idx3-ubyte.gz"), read_idx("train-labels-idx1-ubyte.gz")
         rng = np.random.default_rng(0)
-        pick = np.concatenate([rng.choice(np.flatnonzero(y == c), TRAIN_PER_CLASS,
-                                          replace=False) for c in range(10)])
-        test = read_idx("t10k-images-idx3-ubyte.gz")[:TEST_IMAGES]
-        test_y = read_idx("t10k-labels-idx1-ubyte.gz")[:TEST_IMAGES]
-        with Personalizer(fashion_bundle, profile=tmp_path_factory.mktemp("features")) as p:
+        pick = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False)
+                               for c in range(10)])
+        t_images = read_idx("t10k-images-idx3-ubyte.gz")[:test]
+        t_y = read_idx("t10k-labels-idx1-ubyte.gz")[:test]
+        with tempfile.TemporaryDirectory() as tmp, Personalizer(bundle, profile=tmp) as p:
             X = np.concatenate([p.features(list(images[pick[i:i + 64]]))
                                 for i in range(0, len(pick), 64)])
-            X_test = np.concatenate([p.features(list(test[i:i + 64]))
-                                     for i in range(0, len(test), 64)])
-        np.savez(cache, X=X, y=y[pick], X_test=X_test, test_y=test_y)
-    data = np.load(cache)
-    return {"X": data["X"], "labels": [NAMES[i] for i in data["y"]],
-            "X_test": data["X_test"], "test_labels": [NAMES[i] for i in data["test_y"]]}
+            X_t = np.concatenate([p.features(list(t_images[i:i + 64]))
+                                  for i in range(0, len(t_images), 64)])
+        np.savez(path, X=X, y=y[pick], X_test=X_t, test_y=t_y)
+    d = np.load(path)
+    return {"X": d["X"], "labels": [NAMES[i] for i in d["y"]], "X_test": d["X_test"],
+            "test_labels": [NAMES[i] for i in d["test_y"]]}
+
+
+@pytest.fixture(scope="session")
+def fashion(fashion_bundle, edgetune_cache) -> dict:
+    """fashion_features of TRAIN_PER_CLASS training images of each class and the first
+    TEST_IMAGES of t10k, computed once (kept in the bases' cache)."""
+    return fashion_features(fashion_bundle, TRAIN_PER_CLASS, TEST_IMAGES,
+                            Path(edgetune_cache) / f"fleet-fashion-{TRAIN_PER_CLASS}-"
+                                                   f"{TEST_IMAGES}.npz")
