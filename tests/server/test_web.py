@@ -72,6 +72,18 @@ def crops(image: np.ndarray, n: int, size: tuple[int, int], seed: int,
     return out
 
 
+def photo_files(folder: Path, names, n: int = 5, seed: int = 30) -> dict[str, list[str]]:
+    """`n` 224x224 JPEG crops of each named photo written to `folder`: {name: [paths]}."""
+    files = {}
+    for i, name in enumerate(names):
+        files[name] = []
+        for j, image in enumerate(crops(photo(name), n, (224, 224), seed=seed + i)):
+            path = folder / f"{name}-{j}.jpg"
+            Image.fromarray(image).save(path)
+            files[name].append(str(path))
+    return files
+
+
 def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
     """A YUV4MPEG2 clip (4:2:0, BT.601 studio range) of RGB frames, for Chromium's fake
     camera (--use-file-for-fake-video-capture)."""
@@ -254,13 +266,7 @@ def test_upload_review_and_delete_samples_settings_and_held_out_accuracy(pw, def
     names the bad one; thumbnails show, one sample is deleted; bad settings are refused
     on the page; training shows per-class accuracy on held-out samples; a class added
     after training holds Download back."""
-    files = {}
-    for i, name in enumerate(("astronaut", "rocket", "coffee")):
-        files[name] = []
-        for j, image in enumerate(crops(photo(name), 5, (224, 224), seed=30 + i)):
-            path = tmp_path / f"{name}-{j}.jpg"
-            Image.fromarray(image).save(path)
-            files[name].append(str(path))
+    files = photo_files(tmp_path, ("astronaut", "rocket", "coffee"))
     huge = tmp_path / "huge-rocket.jpg"
     Image.fromarray(photo("rocket")).resize((7500, 5600)).save(huge, quality=80)
     bad = tmp_path / "notes.jpg"

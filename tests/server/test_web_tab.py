@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py, test_web.py
-from test_web import add_class, crops, photo  # noqa: E402
+from test_web import add_class, photo_files  # noqa: E402
 from web_browser import (  # noqa: E402
     NEEDS_CHROMIUM,
     assert_nothing_sent,
@@ -56,13 +55,7 @@ def _toasts_naming(page, name: str) -> list[str]:
 
 
 def test_tab_settings_upload_held_out_accuracy_reload_mid_run(pw, default_bundle_path, tmp_path):
-    files = {}
-    for i, name in enumerate(("astronaut", "rocket", "coffee")):
-        files[name] = []
-        for j, image in enumerate(crops(photo(name), 5, (224, 224), seed=30 + i)):
-            path = tmp_path / f"{name}-{j}.jpg"
-            Image.fromarray(image).save(path)
-            files[name].append(str(path))
+    files = photo_files(tmp_path, ("astronaut", "rocket", "coffee"))
     bad = tmp_path / "notes.jpg"
     bad.write_bytes(b"shopping list: milk, eggs")
     lr = json.loads((Path(default_bundle_path) / "manifest.json").read_text())["optimizer"]["lr"]
