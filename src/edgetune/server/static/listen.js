@@ -51,11 +51,10 @@ class LinearResampler {
 export class Detector {
   constructor(p, { rate = null, hop = HOP, smoothing = SMOOTHING, threshold = THRESHOLD,
     refractory = null, background = BACKGROUND, silenceDb = SILENCE_DB } = {}) {
-    const spec = p.input ?? {};
-    if ((spec.kind ?? "image") !== "audio") throw new Error("listening needs an audio bundle");
+    if (p.kind?.kind !== "audio") throw new Error("listening needs an audio bundle");
     this.p = p;
-    this.rate = Number(spec.sample_rate ?? 16000);
-    this.window = Number(spec.samples ?? spec.shape?.[1]);
+    this.rate = p.kind.sampleRate;
+    this.window = p.kind.samples;
     this.hop = Math.max(1, Math.round(hop * this.rate));
     this.smoothing = smoothing;
     this.threshold = threshold;
