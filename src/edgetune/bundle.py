@@ -20,8 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from edgetune.errors import BundleError
-from edgetune.files import fsync_dir
+from edgetune.files import fsync_dir, temporary_dir
 from edgetune.inputs import known_kinds, unknown_kind_message
 from edgetune.onnx_scan import ProtobufError, external_data_locations, fields
 from edgetune.verified import VerifiedFiles
@@ -419,7 +417,7 @@ class Bundle:
                                else sha256(self.files[name]))
         validate_manifest(self.manifest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = temporary_dir(target)
         try:
             for name in dict.fromkeys([*self.files, *entries, MANIFEST]):
                 if name in unchanged and self._link(name, tmp / name):
@@ -435,14 +433,14 @@ class Bundle:
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_tree(old)
                 os.replace(target, old)
             os.replace(tmp, target)
             fsync_dir(target.parent)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_tree(old)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_tree(tmp)
             raise
         self.path = target.resolve()
         return target
@@ -476,6 +474,12 @@ class Bundle:
         except OSError:  # another file system, no hard links, or the source is gone
             to.unlink(missing_ok=True)
         return False
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil  # rarely needed: not imported with the runtime
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _identity(st: os.stat_result) -> tuple:

@@ -7,11 +7,14 @@ survives a power loss. Every file edgetune saves goes through here.
 
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "fsync_dir", "temporary_dir", "temporary_file"]
+
+_COUNTER = itertools.count()
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -33,7 +36,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically (see the module docstring); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -45,3 +48,35 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def temporary_dir(path: str | os.PathLike) -> Path:
+    """A new empty folder beside `path` (``.NAME.*``), to fill and rename over it."""
+    path = Path(path)
+    while True:
+        tmp = _sibling(path, "")
+        try:
+            tmp.mkdir(0o700)
+            return tmp
+        except FileExistsError:  # left by a crashed process that had the same pid
+            continue
+
+
+def temporary_file(path: str | os.PathLike) -> tuple[int, Path]:
+    """A new file beside `path` (``.NAME.*.tmp``), created exclusively: its descriptor
+    and its path."""
+    path = Path(path)
+    while True:
+        tmp = _sibling(path, ".tmp")
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), tmp
+        except FileExistsError:
+            continue
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    """A name beside `path` no other thread of this process uses: as tempfile's, but by
+    process, thread and counter (importing tempfile, random and shutil costs a device
+    11 ms and 1.4 MiB at start)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}."
+                          f"{next(_COUNTER)}{suffix}")

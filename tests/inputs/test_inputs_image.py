@@ -75,6 +75,19 @@ def test_array_pil_path_and_bytes_give_the_same_pixels(tmp_path, chelsea):
     np.testing.assert_array_equal(load_image(png.read_bytes()), chelsea)
 
 
+def test_pixels_already_at_the_size_are_what_pillow_would_give(chelsea):
+    """An array at the target size skips Pillow (whose resize to the same size and box
+    is a copy): the same pixels, in a new array; a PIL image of it gives them too."""
+    square = np.ascontiguousarray(chelsea[:224, 100:324])
+    out = prepare(square, (224, 224))
+    np.testing.assert_array_equal(out, square)
+    assert not np.shares_memory(out, square)
+    np.testing.assert_array_equal(prepare(Image.fromarray(square), (224, 224)), square)
+    np.testing.assert_array_equal(prepare(square[:, ::-1], (224, 224)), square[:, ::-1])
+    with pytest.raises(BadInputError, match="need at least 300x300"):
+        prepare(square, (224, 224), min_size=300)
+
+
 def test_jpeg_file_is_close_to_the_photo(tmp_path, chelsea):
     p = tmp_path / "cat.jpg"
     p.write_bytes(_jpeg_bytes(chelsea))

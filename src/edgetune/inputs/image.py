@@ -31,15 +31,22 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from edgetune.defaults import MIN_IMAGE_SIZE
 from edgetune.errors import BadInputError
 from edgetune.inputs import Preparer, describe_input, list_class_folder
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pillow is imported when an image is decoded or resized, not with this module: pixels
+# already at the base's size never need it (2 MiB and 16 ms of a device's start).
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -62,7 +69,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 
-ImageLike = np.ndarray | Image.Image | str | os.PathLike | bytes | bytearray | memoryview
+ImageLike = Union[np.ndarray, "Image.Image", str, os.PathLike, bytes, bytearray, memoryview]
 
 # Decoders tried on files and bytes. A fixed list keeps Pillow away from formats that
 # run external programs (EPS -> Ghostscript) or are rarely tested; MPO is the JPEG
@@ -110,6 +117,11 @@ def prepare(
     (224, 224, 3)
     """
     width, height = _check_size(size)
+    if (isinstance(image, np.ndarray) and image.dtype == np.uint8
+            and image.shape == (height, width, 3) and min(height, width) >= min_size):
+        return image.copy()  # what Pillow's resize to the same size and box gives
+    from PIL import Image
+
     img = _load_rgb(image, min_size=min_size, max_pixels=max_pixels)
     w, h = img.size
     # The largest box with the target's aspect ratio, centered (float coordinates:
@@ -142,7 +154,7 @@ def prepare_batch(
     (2, 32, 32, 3)
     """
     width, height = _check_size(size)
-    if isinstance(images, (np.ndarray, Image.Image, str, os.PathLike, bytes, bytearray)):
+    if isinstance(images, (np.ndarray, str, os.PathLike, bytes, bytearray)) or _is_pil(images):
         raise BadInputError(
             f"prepare_batch() takes a list of images, got a single {type(images).__name__}; "
             "wrap it in a list or call prepare()"
@@ -239,9 +251,15 @@ def _check_size(size: tuple[int, int] | int) -> tuple[int, int]:
     return width, height
 
 
+def _is_pil(obj: object) -> bool:
+    """Whether `obj` is a PIL image (if Pillow is not loaded yet, nothing is one)."""
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(obj, pil.Image)
+
+
 def _describe(obj: object) -> str:
     """A short name of an input for error messages."""
-    if isinstance(obj, Image.Image):
+    if _is_pil(obj):
         return f"PIL image ({obj.mode}, {obj.size[0]}x{obj.size[1]})"
     if isinstance(obj, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)):
         return describe_input(obj, "image")
@@ -253,7 +271,7 @@ def _load_rgb(obj: ImageLike, *, min_size: int, max_pixels: int) -> Image.Image:
     name = _describe(obj)
     if isinstance(obj, np.ndarray):
         img = _from_array(obj, name)
-    elif isinstance(obj, Image.Image):
+    elif _is_pil(obj):
         img = _from_pil(obj, name, max_pixels)
     elif isinstance(obj, (str, os.PathLike)):
         img = _from_path(Path(obj), name, max_pixels)
@@ -293,6 +311,8 @@ def _from_array(a: np.ndarray, name: str) -> Image.Image:
         raise BadInputError(
             f"{name}: need an HxWx3 RGB array (HxW grayscale and HxWx4 RGBA also work)"
         )
+    from PIL import Image
+
     return Image.fromarray(np.ascontiguousarray(a), mode="RGB")
 
 
@@ -316,6 +336,8 @@ def _from_path(path: Path, name: str, max_pixels: int) -> Image.Image:
 
 
 def _from_stream(stream: io.IOBase, name: str, max_pixels: int) -> Image.Image:
+    from PIL import Image
+
     try:
         img = Image.open(stream, formats=_open_formats())
     except Image.DecompressionBombError as e:
@@ -336,6 +358,8 @@ def _from_stream(stream: io.IOBase, name: str, max_pixels: int) -> Image.Image:
 
 
 def _open_formats() -> list[str]:
+    from PIL import Image
+
     Image.init()  # registers every plugin (idempotent); preinit alone lacks WebP, TIFF, MPO
     return [f for f in _FORMATS if f in Image.OPEN]
 
@@ -343,6 +367,8 @@ def _open_formats() -> list[str]:
 def _from_pil(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
     # The size is known from the header: check it before decoding any pixel, whatever
     # Image.MAX_IMAGE_PIXELS is set to.
+    from PIL import Image
+
     w, h = img.size
     if w * h > max_pixels:
         raise BadInputError(
@@ -367,6 +393,8 @@ def _from_pil(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
 
 
 def _apply_exif_orientation(img: Image.Image) -> Image.Image:
+    from PIL import ImageOps
+
     try:
         out = ImageOps.exif_transpose(img)
     except Exception:  # a malformed EXIF block must not make a good image unusable
@@ -375,6 +403,8 @@ def _apply_exif_orientation(img: Image.Image) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    from PIL import Image
+
     mode = img.mode
     if mode == "RGB":
         return img

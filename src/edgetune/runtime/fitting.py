@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -63,8 +64,14 @@ Follow = Callable[[Samples, GraphTrainer, dict], tuple[Samples, dict]]
 Accept = Callable[[dict, int, Samples], None]
 
 
+class Permutations(Protocol):
+    """Where epoch orders come from: runtime.shuffle.Shuffle, or numpy's Generator."""
+
+    def permutation(self, n: int) -> np.ndarray: ...
+
+
 def fit_epochs(trainer: GraphTrainer, samples: Samples, *, epochs: int, probe: Probe,
-               follow: Follow, accept: Accept, rng: np.random.Generator,
+               follow: Follow, accept: Accept, rng: Permutations,
                stop: threading.Event, batch_size: int | None = None, balanced: bool = True,
                early_stop: bool = True, patience: int = PATIENCE,
                min_delta: float = MIN_DELTA, trainable: Sequence[str] = (),

@@ -23,14 +23,13 @@ import functools
 import hashlib
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import onnxruntime as ort
 
 from edgetune.bundle import sha256
-from edgetune.files import atomic_write, fsync_dir
+from edgetune.files import atomic_write, fsync_dir, temporary_file
 from edgetune.verified import VerifiedFiles
 
 __all__ = ["FOLDER", "optimized_path", "optimized_session"]
@@ -97,11 +96,11 @@ def _save(model: bytes, path: Path, threads: int | None, disabled: list[str],
     """Optimize `model`, keep onnxruntime's saved result at `path` (atomically), and
     return the session that produced it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_file(path)
     os.close(fd)
     try:
         options = _options(threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        options.optimized_model_filepath = tmp
+        options.optimized_model_filepath = str(tmp)
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
                                        disabled_optimizers=disabled)
         with open(tmp, "rb+") as f:
@@ -116,7 +115,7 @@ def _save(model: bytes, path: Path, threads: int | None, disabled: list[str],
         verified.flush()
         return session
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def optimized_session(bundle, role: str, threads: int | None, disabled: list[str],

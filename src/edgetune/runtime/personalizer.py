@@ -54,6 +54,7 @@ from edgetune.runtime.profile import (
     open_store,
 )
 from edgetune.runtime.prototypes import PrototypeClassifier, comparable
+from edgetune.runtime.shuffle import Shuffle
 from edgetune.runtime.store import SampleStore
 from edgetune.runtime.trainer import GraphTrainer, bundle_session, training_threads
 
@@ -141,7 +142,7 @@ class Personalizer:
                                          self.read_only)
         self.checkpoints = CheckpointDir(self.profile / "checkpoints")
         self._threads = threads
-        self._rng, self._seed = None, seed  # numpy.random: 16 ms of import, made by fit
+        self._shuffle = Shuffle(seed)  # the epochs' orders
         self._lock = threading.RLock()  # guards parameter structure changes and training state
         self._base = None
         self._train_sessions: dict | None = None
@@ -440,8 +441,6 @@ class Personalizer:
         lr = check_lr(suggested_lr(self.bundle) if lr is None else lr)
         self._stop.clear()
         with self._lock:
-            if self._rng is None:
-                self._rng = np.random.default_rng(self._seed)
             X, y = self.store.features_and_labels()
             if len(y) == 0:
                 raise BadInputError("no samples yet: add at least one sample before training")
@@ -453,7 +452,7 @@ class Personalizer:
         try:
             records = fit_epochs(
                 trainer, samples, epochs=epochs, probe=self._probe, follow=self._follow,
-                accept=self._accept, rng=self._rng, stop=self._stop, batch_size=batch_size,
+                accept=self._accept, rng=self._shuffle, stop=self._stop, batch_size=batch_size,
                 balanced=balanced, early_stop=early_stop, patience=patience,
                 min_delta=min_delta, trainable=self._trainable_names, callback=callback)
         finally:

@@ -8,7 +8,6 @@ the class table), `checkpoints/` and `lock` (one writer at a time).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from edgetune.bundle import Bundle, BundleError
@@ -28,6 +27,8 @@ def open_bundle(profile: Path, bundle, read_only: bool) -> Bundle:
     copy = profile / "bundle.edgetune"
     if not read_only:
         for stale in profile.glob(".bundle.edgetune.*"):  # a copy cut short by a crash
+            import shutil
+
             shutil.rmtree(stale, ignore_errors=True)
     if bundle is None or (read_only and not copy.is_dir()):
         if not copy.is_dir():
