@@ -43,6 +43,7 @@ def test_convert_a_model_with_preprocess_and_cut(squeezenet, tmp_path, capsys):
                  "--classes", "2", "-o", str(out), "--json"]) == 0
     built = json.loads(capsys.readouterr().out)
     assert built["features"]["shape"] == [1000, 1, 1]  # the global pool's output
+    assert built["int8_base"] == "base.int8.onnx"  # an image base: int8 by default
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["kind"] == "image" and manifest["input"]["dtype"] == "uint8"
     assert manifest["input"]["preprocessing"]["name"] == "imagenet"

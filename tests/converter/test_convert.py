@@ -134,7 +134,8 @@ def test_cli_convert_then_inspect(edgetune_cache, tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("EDGETUNE_CACHE", edgetune_cache)
     out = tmp_path / "m.edgetune"
     assert cli(["convert", "--head", "mlp:64", "--classes", "3", "--optimizer", "adamw",
-                "--lr", "0.002", "--train", "bias:1", "-o", str(out), "--json"]) == 0
+                "--lr", "0.002", "--train", "bias:1", "--no-quantize", "-o", str(out),
+                "--json"]) == 0
     built = json.loads(capsys.readouterr().out)
     assert built["trainable"]["mode"] == "bias"
     assert cli(["inspect", str(out), "--json"]) == 0

@@ -116,9 +116,13 @@ def test_precision_is_recorded_and_reopened(bundle_path, train_data, tmp_path):
         np.testing.assert_allclose(p.features(images[:1]), first, rtol=1e-5, atol=1e-5)
     with Personalizer(profile=tmp_path / "me", precision="int8") as p:  # the same: fine
         assert p.precision == "int8"
-    # A new profile is fp32 unless asked, and says so.
+    # A new profile on a bundle with an int8 base is int8 unless asked, and says so.
     with Personalizer(bundle_path, profile=tmp_path / "default") as p:
+        assert p.precision == "int8" and p.store.get_meta("precision") == "int8"
+    with Personalizer(bundle_path, profile=tmp_path / "asked", precision="fp32") as p:
         assert p.precision == "fp32" and p.store.get_meta("precision") == "fp32"
+    with Personalizer(profile=tmp_path / "asked") as p:  # recorded: stays fp32
+        assert p.precision == "fp32"
 
 
 def test_the_other_precision_on_cached_features_is_refused(bundle_path, train_data, tmp_path):
@@ -147,7 +151,7 @@ def test_the_other_precision_on_cached_features_is_refused(bundle_path, train_da
 def test_a_profile_from_before_precisions_holds_fp32_features(bundle_path, train_data,
                                                                 tmp_path):
     images, labels = train_data
-    with Personalizer(bundle_path, profile=tmp_path / "fp32") as p:
+    with Personalizer(bundle_path, profile=tmp_path / "fp32", precision="fp32") as p:
         feats = p.features(images[:3])
     profile = tmp_path / "old"
     profile.mkdir()
@@ -162,7 +166,7 @@ def test_a_profile_from_before_precisions_holds_fp32_features(bundle_path, train
 def test_int8_needs_a_quantized_bundle(tmp_path):
     base = tiny_base(tmp_path / "tiny.onnx")
     path = convert(base, SoftmaxClassifier(2), "sgd").save(tmp_path / "t.edgetune")
-    with pytest.raises(BundleError, match="--quantize") as err:
+    with pytest.raises(BundleError, match="edgetune convert") as err:
         Personalizer(path, profile=tmp_path / "me", precision="int8")
     assert "base_int8" in str(err.value)
     with Personalizer(path, profile=tmp_path / "me") as p:  # the failed open recorded nothing
@@ -186,7 +190,7 @@ def test_read_only_never_writes_the_precision(bundle_path, trained, train_data, 
         Personalizer(profile=int8.profile, read_only=True, precision="fp32")
 
     # An empty fp32 profile opened read-only at int8: answers at int8, records nothing.
-    with Personalizer(bundle_path, profile=tmp_path / "empty") as p:
+    with Personalizer(bundle_path, profile=tmp_path / "empty", precision="fp32") as p:
         assert p.store.get_meta("precision") == "fp32"
     with Personalizer(profile=tmp_path / "empty", read_only=True, precision="int8") as r:
         assert r.precision == "int8"

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import json
-
 import edgetune.cli.options as options
 from edgetune import defaults
 from edgetune.cli.failures import writing
 from edgetune.cli.output import emit, size
+from edgetune.errors import EdgetuneError
 
 __all__ = ["add_commands"]
 
 
 def convert(args) -> int:
+    from pathlib import Path
+
+    from edgetune.bundle import BundleError
     from edgetune.converter.convert import convert as build
 
+    quantize = _quantize(args)
+    if Path(args.output).exists() and not args.force:  # before the build's seconds
+        raise BundleError(f"{args.output} exists; pass overwrite=True (--force) to replace it")
     bundle = build(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
                    loss=args.loss, weight_decay=args.weight_decay, classes=args.classes,
-                   cut=args.cut, trainable=args.train, quantize=args.quantize, l2=args.l2,
+                   cut=args.cut, trainable=args.train, quantize=quantize, l2=args.l2,
                    preprocess=args.preprocess, input_size=args.input_size,
                    max_length=args.max_length)
     with writing(args.output):
@@ -29,9 +34,33 @@ def convert(args) -> int:
             f"{len(info['params'])} parameter tensors, features {info['features']['shape']}")
     quantization = bundle.manifest.get("quantization")
     if quantization:
-        text += f"\nint8 base: {json.dumps(quantization)}"
-    emit(args, {"path": str(path), **info, "quantization": quantization}, text)
+        text += (f"\nint8 base: base.int8.onnx ({size(quantization['int8_bytes'])}), "
+                 f"calibrated on the {quantization['calibration']}; features' mean cosine "
+                 f"to fp32 {quantization['mean_cosine']:.4f}; new profiles use it (train "
+                 f"--precision fp32 for the fp32 base)")
+    else:
+        text += f"\nno int8 base: {_why_no_int8(args, bundle.manifest)}"
+    emit(args, {"path": str(path), **info, "quantization": quantization,
+                "int8_base": "base.int8.onnx" if quantization else None}, text)
     return 0
+
+
+def _quantize(args):
+    """convert()'s quantize: the user's folder, none, or (default) the shipped images."""
+    if args.no_quantize:
+        if args.quantize:
+            raise EdgetuneError("give --quantize CALIB_DIR or --no-quantize, not both")
+        return None
+    return args.quantize or True
+
+
+def _why_no_int8(args, manifest: dict) -> str:
+    if args.no_quantize:
+        return "--no-quantize"
+    kind = manifest["input"].get("kind", "image")
+    if manifest.get("base") == "minilm":
+        return "the minilm base is int8 already"
+    return f"int8 quantization is for image bases; this base takes {kind} input"
 
 
 def inspect(args) -> int:
@@ -129,8 +158,12 @@ def add_commands(add) -> None:
     p.add_argument("--train", "--trainable", dest="train", default="head",
                    help="what trains: head | last:K | bias:K (the API's trainable=)")
     p.add_argument("--quantize", metavar="CALIB_DIR",
-                   help="also write an int8 base calibrated on the images in CALIB_DIR "
-                   "(default: no int8 base)")
+                   help="calibrate the int8 base (base.int8.onnx, which new profiles use) "
+                   "on the images in CALIB_DIR (default: on the calibration images that "
+                   "ship with edgetune; image bases only)")
+    p.add_argument("--no-quantize", action="store_true",
+                   help="write no int8 base: fp32 only (default: an image base also gets "
+                   "an int8 base)")
     p.add_argument("--preprocess", metavar="NAME",
                    help="how the base wants its input, wrapped into the base graph: imagenet "
                    "| unit | symmetric | raw | none (images), audio[:RATE] (float PCM), tensor "

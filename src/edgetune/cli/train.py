@@ -191,7 +191,8 @@ def add_commands(add) -> None:
     p.add_argument("--lr", type=options.lr, help="learning rate (default: the bundle's)")
     p.add_argument("--precision", choices=("fp32", "int8"), default=None,
                    help="which base computes the features (default: the profile's recorded "
-                   "precision, else fp32)")
+                   "precision; a new profile int8 when the bundle has an int8 base, else "
+                   "fp32)")
     options.add_wait(p)
     options.add_strict(p, "nothing added")
     options.add_json(p)

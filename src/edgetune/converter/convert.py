@@ -247,7 +247,7 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             trainable: str | Trainable = "head", cut: str | None = None,
             classes: int | None = None, lr: float | None = None,
             weight_decay: float | None = None, l2: float | None = None,
-            quantize: str | os.PathLike | None = None,
+            quantize: str | os.PathLike | bool | None = None,
             cache_dir: str | os.PathLike | None = None, preprocess=None,
             input_size: tuple[int, int] | int | None = None,
             max_length: int | None = None) -> Bundle:
@@ -259,8 +259,12 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     optimizer: an Optimizer or a name of OPTIMIZERS (default: edgetune.defaults).
     loss: a Loss or a name of LOSSES (default: the head's).
     trainable: "head", "last:K" (also train the base's last K blocks) or "bias:K"
-    (only their biases and normalization scales). quantize: a folder of calibration
-    images for an int8 base (graph role `base_int8`).
+    (only their biases and normalization scales). quantize: also write an int8 base
+    (graph role `base_int8`, file base.int8.onnx) calibrated on a folder of images, or
+    with True on the images that ship with edgetune (edgetune.converter.calibration;
+    True skips bases where int8 does not apply: text and audio). Default None: no int8
+    base (quantizing takes about ten seconds; `edgetune convert` and the server's
+    default bundle do it by default).
     preprocess: how pixels become the base's input when it does not take uint8 NHWC
     pixels itself: "imagenet", "unit", "symmetric", "raw", "none", "tensor", "audio"
     (float32 PCM [N, samples]; "audio:RATE" for a rate other than 16000 Hz) or
@@ -290,7 +294,7 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
     text_split = None
     if text_base is not None:
         max_length = DEFAULT_MAX_LENGTH if max_length is None else max_length
-        if cut is not None or quantize is not None or preprocess is not None:
+        if cut is not None or quantize not in (None, False, True) or preprocess is not None:
             raise ValueError(f"base {os.fspath(base)!r} takes no cut, quantize or preprocess")
         if mode.mode == "bias" or (mode.mode == "last" and text_base != "fp32"):
             raise ValueError(f"base {os.fspath(base)!r} trains the head only; trainable "
@@ -363,7 +367,9 @@ def convert(base: str | os.PathLike | onnx.ModelProto = "efficientnet-lite0",
             manifest["input"]["preprocessing"] = plan.section()
     if repairs:
         manifest["base_repairs"] = repairs
-    if quantize is not None:
+    if quantize is True and manifest["input"].get("kind", "image") != "image":
+        quantize = None  # int8 here is for image bases (minilm is int8 already)
+    if quantize not in (None, False):
         files["base.int8.onnx"], manifest["quantization"] = _quantized_base(
             files["base.onnx"], quantize)
         manifest["graphs"]["base_int8"] = {**manifest["graphs"]["base"], "file": "base.int8.onnx"}
@@ -454,13 +460,22 @@ def _manifest(input_section: dict, base_inputs: dict, base_name, cut_shape,
     }
 
 
-def _quantized_base(base_bytes: bytes, calibration_dir) -> tuple[bytes, dict]:
+def _quantized_base(base_bytes: bytes, calibration) -> tuple[bytes, dict]:
+    """base.int8.onnx calibrated on a folder, or with True on the shipped images."""
+    if calibration is True:
+        from edgetune.converter.calibration import describe, shipped_images
+
+        images = given = shipped_images()
+        source = describe(len(images))
+    else:
+        given, images = calibration, int8.calibration_files(calibration)
+        source = "given folder (--quantize CALIB_DIR)"
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8_path = Path(tmp) / "base.onnx", Path(tmp) / "base.int8.onnx"
         fp32.write_bytes(base_bytes)
-        report = int8.quantize_base(fp32, calibration_dir, int8_path)
-        files = int8.calibration_files(calibration_dir)[:64]
-        report.update(int8.feature_agreement(fp32, int8_path, files))
+        report = int8.quantize_base(fp32, given, int8_path)
+        report.update(int8.feature_agreement(fp32, int8_path, images[:64]),
+                      calibration=source)
         data = int8_path.read_bytes()
     return data, {k: v for k, v in report.items()
                   if isinstance(v, int | float | str) and not k.endswith("_path")}

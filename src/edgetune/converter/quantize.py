@@ -2,12 +2,15 @@
 the int8 copy follows the float one.
 
 - :func:`quantize_base` makes an int8 (QDQ) copy of a base calibrated on a folder of
-  images, prepared exactly as the device prepares them (:func:`prepare_pixels`).
+  images (or on images given as such: the shipped set, :mod:`edgetune.converter.calibration`),
+  prepared exactly as the device prepares them (:func:`prepare_pixels`).
 - :func:`feature_agreement` measures how closely its features follow the float base's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -87,7 +90,7 @@ def prepare_pixels(images: Iterable[Any], size: tuple[int, int]) -> list[np.ndar
 
 def quantize_base(
     fp32_path: str | os.PathLike,
-    calibration_dir: str | os.PathLike,
+    calibration: str | os.PathLike | Sequence[Any],
     out_path: str | os.PathLike,
     *,
     per_channel: bool = True,
@@ -99,8 +102,9 @@ def quantize_base(
 
     QDQ format (standard ``QuantizeLinear`` / ``DequantizeLinear``, so any runtime loads
     it), int8 weights (per output channel by default), uint8 asymmetric activations,
-    MinMax calibration on the images found under ``calibration_dir`` (any files Pillow
-    reads, in sub-folders too), prepared as the device does (centre crop, Lanczos to the
+    MinMax calibration on the images found under ``calibration`` (a folder: any files
+    Pillow reads, in sub-folders too; or a sequence of images: paths, PIL images, uint8
+    arrays), prepared as the device does (centre crop, Lanczos to the
     input size; see :func:`prepare_pixels`). The uint8 -> float
     preprocessing at the start of the graph stays exact (not quantized).
 
@@ -128,12 +132,14 @@ def quantize_base(
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model = onnx.load(os.fspath(fp32_path))
     input_name, size = _image_input(model)
-    files = calibration_files(calibration_dir)
+    given = isinstance(calibration, str | os.PathLike)
+    files = calibration_files(calibration) if given else list(calibration)
     if max_images is not None:
         files = files[:max_images]
     pixels = prepare_pixels(files, size)
     if not pixels:
-        raise ValueError(f"no images readable by Pillow under {os.fspath(calibration_dir)!r}")
+        where = f"under {os.fspath(calibration)!r}" if given else "among the images given"
+        raise ValueError(f"no images readable by Pillow {where}")
     batches = [np.stack(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
 
     class Reader(CalibrationDataReader):
@@ -153,7 +159,7 @@ def quantize_base(
         nodes_to_exclude=_preprocessing_nodes(model),
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp, _quiet_advice():
         first = Path(tmp) / "first.onnx"
         quantize_static(os.fspath(fp32_path), os.fspath(first), Reader(), **options)
         result = first
@@ -181,6 +187,21 @@ def quantize_base(
         "bias_correction": bias_correction,
         "seconds": time.perf_counter() - start,
     }
+
+
+@contextlib.contextmanager
+def _quiet_advice():
+    """quantize_static logs advice (run onnxruntime's quantization pre-processing) on the
+    root logger at every call: noise in `edgetune convert`'s output, left out."""
+    def advice(record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def _opsets(model: onnx.ModelProto) -> dict[str, int]:

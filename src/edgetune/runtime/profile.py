@@ -76,10 +76,12 @@ def check_precision(asked: str | None) -> None:
 def open_precision(profile: Path, store: SampleStore, bundle: Bundle, asked: str | None,
                    read_only: bool) -> str:
     """The profile's precision: the recorded one (profiles from before precisions were
-    recorded hold fp32 features), or `asked`, recorded for a profile without samples."""
+    recorded hold fp32 features), or `asked`, recorded for a profile without samples. A
+    new profile takes int8 when the bundle has an int8 base, else fp32."""
     check_precision(asked)
     recorded = store.get_meta(PRECISION_META)
-    current = recorded or FP32
+    int8_default = not len(store) and bundle.has_graph(BASE_ROLES["int8"])
+    current = recorded or ("int8" if int8_default else FP32)
     precision = asked or current
     if precision != current and len(store):
         raise BadInputError(
@@ -90,8 +92,8 @@ def open_precision(profile: Path, store: SampleStore, bundle: Bundle, asked: str
     if not bundle.has_graph(BASE_ROLES[precision]):
         raise BundleError(f"precision {precision!r} needs the bundle's "
                           f"{BASE_ROLES[precision]!r} graph, which this bundle has not: "
-                          f"rebuild it with `edgetune convert ... --quantize CALIB_DIR` "
-                          f"(convert(..., quantize=CALIB_DIR))")
+                          f"rebuild it with `edgetune convert ...` (int8 by default) "
+                          f"(convert(..., quantize=True))")
     if precision != recorded and not read_only:
         store.set_meta(PRECISION_META, precision)
     return precision

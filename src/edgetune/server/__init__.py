@@ -21,7 +21,7 @@ Defaults:
 
 - bundle: the profile's own copy if it has one, else the default bundle
   (EfficientNet-Lite0 + softmax head, the default optimizer), built once with
-  :func:`edgetune.converter.convert.convert` into ``cache_dir()/default-3.edgetune``
+  :func:`edgetune.converter.convert.convert` into ``cache_dir()/default-4.edgetune``
   (:func:`edgetune.paths.cache_dir`); with ``--audio`` (``--base speech-embedding``)
   the speech-embedding + softmax bundle ``cache_dir()/speech-1.edgetune``. Building
   needs the ``build`` extra (and ``audio`` for speech); a device with only a bundle

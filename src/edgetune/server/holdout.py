@@ -51,7 +51,8 @@ def held_out_accuracy(p: Personalizer, *, epochs: int, lr: float | None,
     if not test.any():
         return None
     with tempfile.TemporaryDirectory(prefix="edgetune-holdout-") as tmp, \
-            Personalizer(p.bundle, profile=tmp, threads=1) as copy:
+            Personalizer(p.bundle, profile=tmp, threads=1,
+                         precision=p.precision) as copy:
         for name in names:  # the same columns, in the same order
             copy.add_class(name)
         copy.add_features(X[~test], [names[k] for k in y[~test]])

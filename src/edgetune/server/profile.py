@@ -21,7 +21,7 @@ from edgetune.paths import default_profile
 __all__ = ["BASES", "DEFAULT_BASE", "DEFAULT_BUNDLE_NAME", "SPEECH_BASE", "default_bundle",
            "default_profile", "default_profile_for"]
 
-DEFAULT_BUNDLE_NAME = "default-3.edgetune"  # -3: the head defaults (Adam 1e-2)
+DEFAULT_BUNDLE_NAME = "default-4.edgetune"  # -4: with the int8 base; -3: Adam 1e-2
 DEFAULT_BASE = "efficientnet-lite0"
 SPEECH_BASE = "speech-embedding"
 #: base -> (bundle folder in the cache, what it is called in messages)
@@ -41,8 +41,11 @@ def default_profile_for(base: str | None = None) -> Path:
 def default_bundle(cache_dir: str | os.PathLike | None = None, *, log=None,
                    base: str | None = None) -> Path:
     """A default bundle (base ``efficientnet-lite0`` unless told ``speech-embedding``, a
-    softmax head, the default optimizer), built into the cache the first time (a few
-    seconds; needs the ``build`` extra, and the ``audio`` extra for speech)."""
+    softmax head, the default optimizer), built into the cache the first time (about ten
+    seconds; needs the ``build`` extra, and the ``audio`` extra for speech). The camera's
+    also has the int8 base (calibrated on the shipped images), which its new profiles
+    use; the tab (edgetune.js) runs the fp32 base, faster in wasm. A profile pinned to an
+    older default bundle keeps it."""
     base = base or DEFAULT_BASE
     if base not in BASES:
         raise EdgetuneError(f"no default bundle for base {base!r}; use one of "
@@ -59,7 +62,7 @@ def default_bundle(cache_dir: str | os.PathLike | None = None, *, log=None,
         raise EdgetuneError(f"no bundle given and the default bundle {path} is not built yet; "
                             f"building it needs the build extra (pip install "
                             f"'edgetune[build]'): {e}") from None
-    bundle = convert(base, "softmax", classes=2, cache_dir=cache_dir)
+    bundle = convert(base, "softmax", classes=2, cache_dir=cache_dir, quantize=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
