@@ -91,7 +91,7 @@ def child_edgetune(args, ph: Phases) -> dict:
     ph.done("data")
     p = Personalizer(args.bundle, Path(args.workdir) / "profile", threads=args.threads, seed=0)
     ph.done("open profile")
-    p._base_session()  # created lazily by the first add_samples; timed on its own here
+    p._sessions.base()  # created lazily by the first add_samples; timed on its own here
     ph.done("model load")
     p.add_samples(images, labels)
     ph.done("features")

@@ -316,7 +316,7 @@ def child_personalize(args) -> None:
         mark("imports")
         pcm = np.load(data["pcm"])
         p = Personalizer(data["bundle"], args.profile, threads=1)
-        p._base_session()
+        p._sessions.base()
         mark("model load")
         p.add_samples(list(pcm), data["labels"])
         mark("features")

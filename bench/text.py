@@ -109,7 +109,7 @@ def child_personalize(args) -> None:
 
         mark("imports")
         p = Personalizer(data["bundles"][args.pipeline], args.profile, threads=1)
-        p._base_session()
+        p._sessions.base()
         mark("model load")
         p.add_samples(texts, labels)
         mark("features")

@@ -117,7 +117,7 @@ def personalize(job: dict) -> dict:
     profile = Path(job["out"]) / f"profile-{time.time_ns()}"
     p = Personalizer(job["bundle"], profile, threads=job["threads"], seed=0,
                      precision=job.get("precision"))
-    p._base_session()  # opened lazily by the first add_samples; counted as model load
+    p._sessions.base()  # made lazily by the first add_samples; counted as model load
     phases["model load"] = time.perf_counter() - t
     mem["model load"] = _job.peak_mib()
     t = time.perf_counter()

@@ -101,7 +101,7 @@ def test_predictions_during_training_each_come_from_one_published_parameter_set(
     infer_in, infer_out = p._infer_io
     outputs: dict[tuple, int] = {}
     for i, snap in enumerate(published):
-        probs = p._infer.run([infer_out["probabilities"]],
+        probs = p._sessions.infer().run([infer_out["probabilities"]],
                              {infer_in["features"]: probe_features, **snap.params})[0]
         outputs.setdefault((snap.classes, probs.astype(np.float32).tobytes()), i)
 
@@ -111,7 +111,7 @@ def test_predictions_during_training_each_come_from_one_published_parameter_set(
     mixes = 0
     for a, b in zip(published[-40:-1], published[-39:]):
         if a.classes == b.classes and not np.array_equal(a.params[bias], b.params[bias]):
-            mixed = p._infer.run([infer_out["probabilities"]], {
+            mixed = p._sessions.infer().run([infer_out["probabilities"]], {
                 infer_in["features"]: probe_features, weight: a.params[weight],
                 bias: b.params[bias]})[0]
             assert (a.classes, mixed.astype(np.float32).tobytes()) not in outputs

@@ -136,14 +136,35 @@ def test_training_sessions_are_made_when_training_starts(saved, tmp_path, monkey
     images = list(np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
     with Personalizer(saved, tmp_path / "p", threads=2, min_image_size=16) as p:
         p.add_samples(images, ["a", "b", "a", "b"])
-        p.predict(images[0])
-        assert p._train_sessions is None, "opening and predicting make no training session"
+        assert p.predict(images[0])["source"] == "prototypes"
+        assert p._sessions.roles == ["base"], "prototype answers need no head, no training"
         p.fit(epochs=2)
-        assert set(p._train_sessions) == {"train", "train_epoch"}
+        assert sorted(p._sessions.roles) == ["base", "infer", "train", "train_epoch"]
         assert p.predict(images[0])["source"] == "head"
         threads = {role: s.get_session_options().intra_op_num_threads
-                   for role, s in {**p._train_sessions, "base": p._base}.items()}
+                   for role, s in {**p._sessions.training(), "base": p._sessions.base()}.items()}
         assert threads == {"train": 1, "train_epoch": 1, "base": 2}, "a head trains on one"
+
+
+def test_idle_sessions_are_released_and_made_again(saved, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    images = list(np.random.default_rng(2).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+    with Personalizer(saved, tmp_path / "p", threads=1, min_image_size=16) as p:
+        p.add_samples(images[:4], ["a", "b", "a", "b"])
+        p.fit(epochs=3)
+        answer = p.predict(images[4])
+        assert p.release_sessions(idle=3600) == [], "all were used within the hour"
+        assert sorted(p.release_sessions()) == ["base", "infer", "train", "train_epoch"]
+        assert p._sessions.roles == []
+        again = p.predict(images[4])  # made again, from the same files
+        assert again["label"] == answer["label"]
+        np.testing.assert_allclose(list(again["scores"].values()),
+                                   list(answer["scores"].values()), rtol=1e-6)
+        assert sorted(p._sessions.roles) == ["base", "infer"]
+        p.start_training(epochs=200, early_stop=False)
+        assert p.release_sessions() == [] or not p.is_training, "kept while training"
+        p.wait_training(timeout=60)
+        assert p.fit(epochs=2)[-1]["event"] == "kept"
 
 
 def test_only_a_head_trains_on_one_thread(saved):

@@ -27,6 +27,7 @@ from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 from edgetune.runtime.store import SampleStore  # noqa: E402
 from edgetune.server import default_bundle  # noqa: E402
 from edgetune.server.app import create_app  # noqa: E402
+from edgetune.server.limits import Limits  # noqa: E402
 
 HOST = {"host": "127.0.0.1:8321"}  # what a browser on this machine sends
 
@@ -291,3 +292,21 @@ def test_a_store_from_before_thumbnails_is_migrated_and_its_samples_still_listed
         store.set_thumbnails([new], [b"\xff\xd8 a jpeg"])
         assert store.thumbnail(new) == b"\xff\xd8 a jpeg"
         assert [s.id for s in store.samples()] == [old, new]
+
+
+def test_an_idle_server_releases_the_models_and_makes_them_again(default_bundle_path,
+                                                                 tmp_path, photos):
+    with client_for(default_bundle_path, tmp_path / "p",
+                    limits=Limits(idle_seconds=0.4)) as (client, p):
+        setup_classes(client, photos)
+        answer = client.post("/api/predict", content=photos["cat"][5],
+                             headers={"content-type": "image/jpeg"}).json()
+        assert answer["label"] == "cat" and p._sessions.roles
+        deadline = time.monotonic() + 30
+        while p._sessions.roles and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p._sessions.roles == [], "released after 0.4 s unused"
+        again = client.post("/api/predict", content=photos["cat"][5],
+                            headers={"content-type": "image/jpeg"}).json()
+        again.pop("ms"), answer.pop("ms")  # how long it took
+        assert again == answer and p._sessions.roles == [p._sessions.base_role]

@@ -68,7 +68,7 @@ class _Graphs:
         self.infer_io = bundle.io("infer")
         self.infer = bundle_session(bundle, "infer", 1, [p["infer_input"] for p in bundle.params])
         self.trainable = [p["train_input"] for p in bundle.params]
-        self.probe = BundleProbe(bundle, self.infer, self.infer_io, self.trainable)
+        self.probe = BundleProbe(bundle, lambda: self.infer, self.infer_io, self.trainable)
         self.columns = ClassColumns(bundle)
 
     def values(self, arrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

@@ -198,8 +198,8 @@ class BundleProbe:
     L2 term, or the cross-entropy of the probabilities for a loss this runtime does not
     know (.objective). The manifest is read once: a probe runs every epoch."""
 
-    def __init__(self, bundle, session, io, trainable: Sequence[str]):
-        names, outputs = io
+    def __init__(self, bundle, session: Callable, io, trainable: Sequence[str]):
+        names, outputs = io  # session(): the infer session (made when first needed)
         self.rows = row_losses(bundle.manifest.get("loss")) if "logits" in outputs else None
         self.output = outputs["logits" if self.rows else "probabilities"]
         self.features, self.session, self.trainable = names["features"], session, trainable
@@ -211,7 +211,7 @@ class BundleProbe:
         feeds = {infer: values[train] for infer, train in self.params}
 
         def scores(chunk):
-            return self.session.run([self.output], {self.features: chunk, **feeds})[0]
+            return self.session().run([self.output], {self.features: chunk, **feeds})[0]
 
         value = probe_loss(scores, X, y, weights, self.rows)
         if self.l2:  # the graphs' L2 term

@@ -54,9 +54,10 @@ from edgetune.runtime.profile import (
     open_store,
 )
 from edgetune.runtime.prototypes import PrototypeClassifier, comparable
+from edgetune.runtime.sessions import ProfileSessions
 from edgetune.runtime.shuffle import Shuffle
 from edgetune.runtime.store import SampleStore
-from edgetune.runtime.trainer import GraphTrainer, bundle_session, training_threads
+from edgetune.runtime.trainer import GraphTrainer
 
 # Images per base call: one at a time is as fast as 4 and peaks 37 MiB lower (122 vs
 # 159 MiB over 80 photos with EfficientNet-Lite0, one thread); 16 doubles the peak.
@@ -141,16 +142,14 @@ class Personalizer:
         self._precision = open_precision(self.profile, self.store, self.bundle, precision,
                                          self.read_only)
         self.checkpoints = CheckpointDir(self.profile / "checkpoints")
-        self._threads = threads
         self._shuffle = Shuffle(seed)  # the epochs' orders
         self._lock = threading.RLock()  # guards parameter structure changes and training state
-        self._base = None
-        self._train_sessions: dict | None = None
+        self._sessions = ProfileSessions(self.bundle, self._base_role, threads)  # .sessions
         self._infer_io = self.bundle.io("infer")
-        self._infer = self._session("infer", [p["infer_input"] for p in self.bundle.params])
         self._cols = ClassColumns(self.bundle)
         self._trainable_names = [p["train_input"] for p in self.bundle.params]
-        self._probe = BundleProbe(self.bundle, self._infer, self._infer_io, self._trainable_names)
+        self._probe = BundleProbe(self.bundle, self._sessions.infer, self._infer_io,
+                                  self._trainable_names)
         self._values, self._columns, self._trained, self.step, calibration = \
             self._initial_state()
         self._fitting: Samples | None = None  # what a running fit trains on
@@ -196,16 +195,14 @@ class Personalizer:
         params = {p["infer_input"]: self._values[p["train_input"]] for p in self.bundle.params}
         self._snapshot = _Snapshot(params, tuple(self._columns), self._trained)
 
+    def release_sessions(self, idle: float = 0.0) -> list[str]:
+        """Drop the onnxruntime sessions unused for `idle` seconds (all by default; none
+        while training): an idle profile gives their memory back (the base: 24 MiB) and
+        makes them again when next needed. The graph roles dropped."""
+        with self._lock:
+            return [] if self.is_training else self._sessions.release(idle)
+
     # -- samples --
-    def _session(self, role: str, inputs: Sequence[str] = (), outputs: Sequence[str] = (), **kw):
-        return bundle_session(self.bundle, role, self._threads, inputs, outputs, **kw)
-
-    def _base_session(self):
-        if self._base is None:
-            self._base = self._session(self._base_role, optimized=True)  # .optimized
-            self.bundle.release(self._base_role)  # the session has its weights; export reads it
-        return self._base
-
     def features(self, images: Sequence) -> np.ndarray:
         """Run the base on inputs of the bundle's kind (images: arrays, PIL images, paths,
         bytes): [n, *features]."""
@@ -219,7 +216,7 @@ class Personalizer:
         if not len(rows):
             return np.zeros((0, *self.features_shape), np.float32)
         inputs, outputs = self.bundle.io(self._base_role)
-        session, batch = self._base_session(), batch or BASE_BATCH  # read at each call
+        session, batch = self._sessions.base(), batch or BASE_BATCH  # read at each call
         prepare = prepare or (lambda row: row)
         parts = [session.run([outputs["features"]], self.preparer.feeds(
                      np.stack([prepare(r) for r in rows[i:i + batch]]), inputs))[0]
@@ -349,7 +346,7 @@ class Personalizer:
             raise BadInputError("no classes yet: add samples before predicting")
         if snap.trained:
             feeds = {self._infer_io[0]["features"]: feats, **snap.params}
-            scores = self._infer.run([self._infer_io[1]["probabilities"]], feeds)[0]
+            scores = self._sessions.infer().run([self._infer_io[1]["probabilities"]], feeds)[0]
             source = "head"
         else:
             scores = self._prototype_scores(feats, len(snap.classes))
@@ -408,16 +405,8 @@ class Personalizer:
 
     # -- training --
     def _trainer(self, lr: float) -> GraphTrainer:
-        specs = self.bundle.params + self.bundle.state
-        if self._train_sessions is None:  # made once, reused by every fit
-            self._train_sessions = {
-                role: bundle_session(self.bundle, role,
-                                     training_threads(self.bundle, self._threads),
-                                     [s["train_input"] for s in specs],
-                                     [s["train_output"] for s in specs])
-                for role in ("train", "train_epoch") if self.bundle.has_graph(role)}
         trainer = GraphTrainer.for_bundle(self.bundle, self._values, lr=lr,
-                                          sessions=self._train_sessions)
+                                          sessions=self._sessions.training())
         trainer.step_count = self.step
         return trainer
 
@@ -581,6 +570,8 @@ class Personalizer:
             self.stop_training()
         if self.store is not None:
             self.store.close()
+        if getattr(self, "_sessions", None) is not None:  # None: the open failed first
+            self._sessions.release()
         if self._writer is not None:
             self._writer.release()
 

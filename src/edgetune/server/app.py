@@ -18,6 +18,7 @@ origin when the browser says where they come from.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -82,9 +83,12 @@ def create_app(personalizer: Personalizer, *, token: str | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        releaser = asyncio.get_running_loop().create_task(
+            studio.release_idle(limits.idle_seconds))
         try:
             yield
         finally:
+            releaser.cancel()
             await run_in_threadpool(personalizer.stop_training, 10)
             await studio.aclose()
 

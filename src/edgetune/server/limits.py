@@ -18,7 +18,9 @@ class Limits:
     is freed). first_request_timeout: seconds a new connection may take to send a complete
     request head (edgetune.server.connections). model_runs: base-model runs at once
     (predictions, recorded frames, uploads); each concurrent run holds its own activation
-    memory, so this bounds the server's memory however many clients send frames."""
+    memory, so this bounds the server's memory however many clients send frames.
+    idle_seconds: the profile's onnxruntime sessions unused this long are released (the
+    base holds 24 MiB; runtime.sessions) and made again by the next request."""
 
     frame_bytes: int = 2 * 1024 * 1024
     upload_bytes: int = 20 * 1024 * 1024
@@ -28,6 +30,7 @@ class Limits:
     body_timeout: float = 30.0
     model_runs: int = 3
     first_request_timeout: float = 10.0
+    idle_seconds: float = 120.0
 
     @property
     def ws_max_size(self) -> int:

@@ -285,6 +285,15 @@ class Studio:
             run.evaluation = clean(report)
         self.hub.publish({"type": "evaluation", "run": run.run, "evaluation": run.evaluation})
 
+    async def release_idle(self, idle: float) -> None:
+        """Release the profile's sessions once unused for `idle` seconds, checking every
+        `idle` / 4 (until cancelled, at shutdown): a server nobody uses holds no model."""
+        while True:
+            await asyncio.sleep(idle / 4)
+            gone = await asyncio.to_thread(self.p.release_sessions, idle)
+            if gone:
+                log.info("released sessions idle for %g s: %s", idle, ", ".join(gone))
+
     async def aclose(self, timeout: float = 30) -> None:
         """Wait for the watchers and evaluations still running (at shutdown)."""
         if self._tasks:
