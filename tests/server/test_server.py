@@ -336,13 +336,14 @@ def test_a_damaged_profile_is_a_server_error_that_names_the_file_and_the_fix(
             assert upload(client, label, photos_jpeg[name][:3]).status_code == 200
         assert client.post("/api/train", json={"epochs": 3}).status_code == 202
         assert p.wait_training(60) and p.trained
-        base = p.profile / "bundle.edgetune" / "base.onnx"
+        assert p.precision == "int8"  # the default bundle's int8 base: the one export reads
+        base = p.profile / "bundle.edgetune" / "base.int8.onnx"
         base.unlink()  # never write through: the file may be a hard link to the cache's
         base.write_bytes(b"not the base graph")  # export reads it again, verifying its hash
         r = client.get("/api/model.onnx")
         assert r.status_code == 500 and r.json()["code"] == "corrupt_profile", r.text
         message = r.json()["error"]
-        assert "base.onnx" in message and str(p.profile) in message
+        assert "base.int8.onnx" in message and str(p.profile) in message
         assert "bundle.edgetune" in message and "restart" in message
 
         def damaged(*args, **kwargs):
