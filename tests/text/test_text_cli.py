@@ -198,6 +198,7 @@ def test_convert_max_length_reaches_manifest_tokenizer_and_predict(split, tmp_pa
     code, out, err = run(capsys, "convert", "--base", "minilm", "--classes", "5",
                          "--max-length", "32", "-o", bundle_dir, "--json")
     assert code == 0, err
+    assert json.loads(out)["int8_base"] is None  # int8 by default is for image bases
     bundle = Bundle.load(bundle_dir)
     spec = bundle.manifest["input"]
     assert spec["max_length"] == 32 and spec["shape"] == [None, 32]
