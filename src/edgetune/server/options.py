@@ -30,8 +30,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "~/.cache/edgetune)")
     source.add_argument("--base", choices=("efficientnet-lite0", "speech-embedding"),
                         help="which default bundle: efficientnet-lite0 (the camera, the "
-                        "default) or speech-embedding (keywords from the microphone); "
-                        "each has its own default profile")
+                        "default; with an int8 base, which a new profile uses in server "
+                        "mode, while the tab runs fp32) or speech-embedding (keywords "
+                        "from the microphone); each has its own default profile")
     source.add_argument("--audio", dest="base", action="store_const",
                         const="speech-embedding",
                         help="the microphone: the same as --base speech-embedding")
