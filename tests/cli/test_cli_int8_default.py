@@ -51,7 +51,7 @@ def test_convert_writes_an_int8_base_calibrated_on_the_shipped_images(converted)
     assert manifest["graphs"]["base_int8"]["file"] == "base.int8.onnx"
     report = result["quantization"]
     assert report == manifest["quantization"]
-    assert report["calibration"].startswith("shipped: 40 images")
+    assert report["calibration"].startswith("the 40 images that ship with edgetune")
     assert report["calibration_images"] == 40
     assert report["mean_cosine"] > 0.98 and report["int8_bytes"] < 0.35 * report["fp32_bytes"]
 

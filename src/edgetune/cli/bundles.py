@@ -35,7 +35,7 @@ def convert(args) -> int:
     quantization = bundle.manifest.get("quantization")
     if quantization:
         text += (f"\nint8 base: base.int8.onnx ({size(quantization['int8_bytes'])}), "
-                 f"calibrated on the {quantization['calibration']}; features' mean cosine "
+                 f"calibrated on {quantization['calibration']}; features' mean cosine "
                  f"to fp32 {quantization['mean_cosine']:.4f}; new profiles use it (train "
                  f"--precision fp32 for the fp32 base)")
     else:

@@ -59,8 +59,8 @@ def shipped_images() -> list:
 
 def describe(count: int) -> str:
     """What the manifest's quantization report says the base was calibrated on."""
-    return (f"shipped: {count} images, scikit-image's {len(SHIPPED_PHOTOS)} sample "
-            f"pictures whole and cropped (edgetune.converter.calibration)")
+    return (f"the {count} images that ship with edgetune (scikit-image's "
+            f"{len(SHIPPED_PHOTOS)} sample pictures, whole and cropped)")
 
 
 def _rgb(image):

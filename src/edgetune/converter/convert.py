@@ -469,7 +469,7 @@ def _quantized_base(base_bytes: bytes, calibration) -> tuple[bytes, dict]:
         source = describe(len(images))
     else:
         given, images = calibration, int8.calibration_files(calibration)
-        source = "given folder (--quantize CALIB_DIR)"
+        source = "the images of the given folder (--quantize CALIB_DIR)"
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8_path = Path(tmp) / "base.onnx", Path(tmp) / "base.int8.onnx"
         fp32.write_bytes(base_bytes)
