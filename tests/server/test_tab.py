@@ -32,6 +32,7 @@ from edgetune.inputs.image import prepare  # noqa: E402
 from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # web_browser.py
+import tab_parity  # noqa: E402
 from web_browser import (  # noqa: E402
     CHROMIUM,
     FLAGS,
@@ -123,8 +124,7 @@ def _train_in_python(bundle, profile, X, y) -> tuple[Personalizer, list]:
 def test_the_tab_trains_as_python_does(bundles, data, pw, tmp_path, optimizer):
     bundle = bundles[optimizer]
     images, y, test_images = data
-    rng = np.random.default_rng(0)  # what Personalizer(seed=0) draws: one order per epoch
-    orders = [rng.permutation(len(y)).tolist() for _ in range(EPOCHS)]
+    orders = tab_parity.orders(len(y), EPOCHS)
     with running(bundle, tmp_path / "server") as (server, served), \
             browser(pw, user_data=tmp_path / "u") as ctx:
         X = served.features(list(images))

@@ -20,6 +20,7 @@ from edgetune.runtime.personalizer import Personalizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "text")]
+import tab_parity  # noqa: E402
 import text_data  # noqa: E402
 from web_browser import NO_CHROMIUM, browser, has_chromium, page_of, running  # noqa: E402
 
@@ -46,8 +47,7 @@ def test_a_last_block_text_bundle_in_the_tab_as_in_python(pw, tmp_path):
     train = [(t, y) for i, (t, y) in enumerate(train) if i % text_data.PER_CLASS < PER_CLASS]
     texts, labels = [t for t, _ in train], [y for _, y in train]
     tests = [t for t, _ in heldout[::20]]
-    rng = np.random.default_rng(0)  # what Personalizer(seed=0) draws
-    orders = [rng.permutation(len(texts)).tolist() for _ in range(EPOCHS)]
+    orders = tab_parity.orders(len(texts), EPOCHS)
 
     python = Personalizer(path, profile=tmp_path / "py", seed=0)
     python.add_samples(texts, labels)

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgetune.runtime.prototypes import class_sums
+
 __all__ = ["BACKGROUND", "MARGIN", "META", "MIN_OWN", "QUANTILE", "UNKNOWN", "Calibration",
            "OpenSet", "calibrate", "distances", "judge", "judge_all", "loo_distances"]
 
@@ -107,8 +109,7 @@ def loo_distances(X: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     (NaN for a class's only sample): float64 ``[n]``."""
     Z = _normalize(X) if len(X) else np.zeros((0, 1))
     y = np.asarray(y, np.int64)
-    sums = np.zeros((n_classes, Z.shape[1]))
-    np.add.at(sums, y, Z)
+    sums = class_sums(Z, y, n_classes)
     counts = np.bincount(y, minlength=n_classes)
     out = np.full(len(Z), np.nan)
     rest = sums[y] - Z

@@ -91,8 +91,9 @@ class Personalizer:
     precision: which base computes features, predictions and the exported model: "fp32"
     (graph `base`) or "int8" (graph `base_int8`, which `edgetune convert` writes by
     default for image bases). A profile records its precision when first opened (int8
-    when the bundle has that base, else fp32, unless asked); None uses the recorded one. Cached features are only valid for the base that computed them,
-    so asking a profile that has samples for the other precision is an error.
+    when the bundle has that base, else fp32, unless asked); None uses the recorded
+    one. Cached features are only valid for the base that computed them, so asking a
+    profile that has samples for the other precision is an error.
 
     open_set: whether predict answers "unknown" for inputs far from the class picked
     (see .openset and predict). None uses the profile's recorded choice, off unless

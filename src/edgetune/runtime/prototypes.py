@@ -18,7 +18,7 @@ import numpy as np
 
 from edgetune.errors import BadInputError
 
-__all__ = ["PrototypeClassifier", "comparable", "imprint_weights"]
+__all__ = ["PrototypeClassifier", "class_sums", "comparable", "imprint_weights"]
 
 _EPS = 1e-12
 
@@ -78,7 +78,7 @@ class PrototypeClassifier:
 
     def _accumulate(self, X: np.ndarray, y: np.ndarray) -> None:
         assert self._sums is not None and self._counts is not None
-        np.add.at(self._sums, y, _normalize(X.astype(np.float64)))
+        self._sums += class_sums(_normalize(X.astype(np.float64)), y, len(self._sums))
         self._counts += np.bincount(y, minlength=len(self._counts))
 
     @property
@@ -154,6 +154,16 @@ def imprint_weights(
     W = (clf.class_means().T.astype(np.float64) * (scale / r)).astype(np.float32)
     b = np.where(clf.counts > 0, 0.0, -scale).astype(np.float32)
     return W, b
+
+
+def class_sums(Z: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """The sum of the rows of ``Z`` ``[n, F]`` of each class: ``[n_classes, F]``, one
+    vectorized sum per class (np.add.at, row by row, took 1-2 ms for 80 photos' features,
+    at every fit's imprint, checkpoint and calibration)."""
+    sums = np.zeros((n_classes, Z.shape[1]), dtype=Z.dtype)
+    for c in np.flatnonzero(np.bincount(y, minlength=n_classes)):
+        sums[c] = Z[y == c].sum(axis=0)
+    return sums
 
 
 # --------------------------------------------------------------------------- helpers

@@ -75,8 +75,8 @@ class ProfileSessions:
 
     def _make(self, role: str):
         bundle = self.bundle
-        if role == "infer":
-            return bundle_session(bundle, role, self.threads,
+        if role == "infer":  # the trained part's forward: one thread for a head alone too
+            return bundle_session(bundle, role, training_threads(bundle, self.threads),
                                   [p["infer_input"] for p in bundle.params])
         if role in TRAIN_ROLES:
             specs = bundle.params + bundle.state
