@@ -52,31 +52,25 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
 
 def temporary_dir(path: str | os.PathLike) -> Path:
     """A new empty folder beside `path` (``.NAME.*``), to fill and rename over it."""
-    path = Path(path)
-    while True:
-        tmp = _sibling(path, "")
-        try:
-            tmp.mkdir(0o700)
-            return tmp
-        except FileExistsError:  # left by a crashed process that had the same pid
-            continue
+    return _new_sibling(Path(path), "", lambda tmp: tmp.mkdir(0o700))[1]
 
 
 def temporary_file(path: str | os.PathLike) -> tuple[int, Path]:
     """A new file beside `path` (``.NAME.*.tmp``), created exclusively: its descriptor
     and its path."""
-    path = Path(path)
+    return _new_sibling(Path(path), ".tmp",
+                        lambda tmp: os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _new_sibling(path: Path, suffix: str, create):
+    """create(name) on a new name beside `path`, as tempfile does but named by process,
+    thread and counter (importing tempfile, random and shutil costs a device 11 ms and
+    1.4 MiB at start); a name left by a crashed process of the same pid is skipped.
+    Returns what create returned and the name."""
     while True:
-        tmp = _sibling(path, ".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}."
+                             f"{next(_COUNTER)}{suffix}")
         try:
-            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), tmp
+            return create(tmp), tmp
         except FileExistsError:
             continue
-
-
-def _sibling(path: Path, suffix: str) -> Path:
-    """A name beside `path` no other thread of this process uses: as tempfile's, but by
-    process, thread and counter (importing tempfile, random and shutil costs a device
-    11 ms and 1.4 MiB at start)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}."
-                          f"{next(_COUNTER)}{suffix}")
