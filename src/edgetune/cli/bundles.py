@@ -19,7 +19,8 @@ def convert(args) -> int:
 
     quantize = _quantize(args)
     if Path(args.output).exists() and not args.force:  # before the build's seconds
-        raise BundleError(f"{args.output} exists; pass overwrite=True (--force) to replace it")
+        raise BundleError(f"{args.output} exists; pass --force to replace it, or name "
+                          f"another output (-o)")
     bundle = build(base=args.base, head=args.head, optimizer=args.optimizer, lr=args.lr,
                    loss=args.loss, weight_decay=args.weight_decay, classes=args.classes,
                    cut=args.cut, trainable=args.train, quantize=quantize, l2=args.l2,
