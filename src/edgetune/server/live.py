@@ -68,7 +68,11 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     sender = asyncio.create_task(_sender(ws, outbox))
     session = {"record": None, "frame": 0, "detector": None}
     try:
-        await outbox.put(await run_in_threadpool(studio.state))
+        # The first state is taken on the loop that broadcasts states, with no await
+        # since subscribing: every broadcast after it is newer and queued after it.
+        # (Taken in a worker thread, a snapshot older than a class just added could
+        # arrive last and stick: a page once showed one class of two.)
+        outbox.put_nowait(studio.state())
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
