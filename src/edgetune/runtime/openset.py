@@ -207,12 +207,19 @@ class OpenSet:
 
     @property
     def calibration(self) -> Calibration | None:
-        """The calibration of the current samples, computed when first asked after they
-        changed: a prototype answer does not need it (a leave-one-out pass over every
-        sample)."""
+        """The calibration of the current samples, made when first asked after they
+        changed, unless the one held is of these very samples (their counts and ids): a
+        prototype answer needs neither the leave-one-out pass nor the read of every
+        sample's id that the check takes."""
         if self._pending is not None:
-            X, y, classes, signature = self._pending
-            self._calibration, self._pending = calibrate(X, y, classes, signature), None
+            X, y, classes = self._pending
+            ids = [s.id for s in self.store.samples()]
+            signature = hashlib.sha256(
+                json.dumps([self.store.counts(), ids], sort_keys=True).encode()).hexdigest()
+            current = self._calibration
+            if current is None or current.signature != signature:
+                self._calibration = calibrate(X, y, classes, signature)
+            self._pending = None
         return self._calibration
 
     def set(self, on: bool) -> None:
@@ -222,12 +229,6 @@ class OpenSet:
             self.store.set_meta(META, value)
 
     def refresh(self, X: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
-        """Recalibrate from the store's samples ``X``, ``y`` after they changed (when
-        `calibration` is next asked), unless the calibration is of these very samples
-        (their counts and ids)."""
-        ids = [s.id for s in self.store.samples()]
-        signature = hashlib.sha256(
-            json.dumps([self.store.counts(), ids], sort_keys=True).encode()).hexdigest()
-        current = self._calibration
-        self._pending = (None if current is not None and current.signature == signature
-                         else (X, y, classes, signature))
+        """The store's samples changed to ``X``, ``y``: `calibration` is checked against
+        them (and remade if they are new) when next asked."""
+        self._pending = (X, y, classes)

@@ -114,6 +114,7 @@ class Personalizer:
         self.store: SampleStore | None = None
         self._thread: threading.Thread | None = None
         self._writer: ProfileLock | None = None
+        self._sessions: ProfileSessions | None = None
         if self.read_only:
             if not self.profile.is_dir():
                 raise EdgetuneError(f"profile {self.profile} does not exist; a read-only open "
@@ -198,10 +199,12 @@ class Personalizer:
 
     def release_sessions(self, idle: float = 0.0) -> list[str]:
         """Drop the onnxruntime sessions unused for `idle` seconds (all by default; none
-        while training): an idle profile gives their memory back (the base: 24 MiB) and
-        makes them again when next needed. The graph roles dropped."""
+        while a fit runs, in the background or not): an idle profile gives their memory
+        back (the base: 24 MiB) and makes them again when next needed. The graph roles
+        dropped."""
         with self._lock:
-            return [] if self.is_training else self._sessions.release(idle)
+            training = self.is_training or self._fitting is not None
+            return [] if training else self._sessions.release(idle)
 
     # -- samples --
     def features(self, images: Sequence) -> np.ndarray:
@@ -571,7 +574,7 @@ class Personalizer:
             self.stop_training()
         if self.store is not None:
             self.store.close()
-        if getattr(self, "_sessions", None) is not None:  # None: the open failed first
+        if self._sessions is not None:
             self._sessions.release()
         if self._writer is not None:
             self._writer.release()

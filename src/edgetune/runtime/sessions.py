@@ -54,13 +54,12 @@ class ProfileSessions:
         """The roles whose sessions are open now."""
         return list(self._open)
 
-    def release(self, idle: float = 0.0, keep: tuple[str, ...] = ()) -> list[str]:
-        """Drop the sessions unused for at least `idle` seconds (all by default) except
-        the roles in `keep`; the roles dropped."""
+    def release(self, idle: float = 0.0) -> list[str]:
+        """Drop the sessions unused for at least `idle` seconds (all by default); the
+        roles dropped."""
         now = time.monotonic()
         with self._lock:
-            gone = [role for role in self._open
-                    if role not in keep and now - self._used[role] >= idle]
+            gone = [role for role in self._open if now - self._used[role] >= idle]
             for role in gone:
                 del self._open[role]
         return gone
