@@ -29,17 +29,17 @@ def bundle(tmp_path_factory):
 
 
 def image_folder(root: Path, classes=("chelsea", "coffee"), per_class: int = 6,
-                 seed: int = 0) -> Path:
-    """DIR/<class>/<i>.png: real photos (random 64x64 crops of scikit-image's pictures,
-    tests/conftest.py photo_crops), one class per picture."""
+                 seed: int = 0, size: int = 64, suffix: str = ".png") -> Path:
+    """DIR/<class>/<i><suffix>: real photos (random size x size crops of scikit-image's
+    pictures, tests/conftest.py photo_crops), one class per picture."""
     from conftest import photo_crops
     from PIL import Image
 
-    images, labels = photo_crops(per_class, size=64, seed=seed, classes=classes)
+    images, labels = photo_crops(per_class, size=size, seed=seed, classes=classes)
     for i, (image, label) in enumerate(zip(images, labels)):
         folder = root / classes[label]
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{seed}-{i}.png")
+        Image.fromarray(image).save(folder / f"{seed}-{i}{suffix}")
     return root
 
 

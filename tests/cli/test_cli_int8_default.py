@@ -10,21 +10,11 @@ import io
 import json
 
 import pytest
-from cli_helpers import run, run_json
-from conftest import PHOTO_CLASSES, photo_crops
-from PIL import Image
+from cli_helpers import image_folder, run, run_json
+from conftest import PHOTO_CLASSES
 
 from edgetune.cli import main
 from edgetune.runtime.personalizer import Personalizer
-
-
-def photo_folder(root, per_class: int, seed: int):
-    images, labels = photo_crops(per_class=per_class, seed=seed)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / PHOTO_CLASSES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i}.jpg", quality=90)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,9 @@ def converted(edgetune_cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
-    return photo_folder(root / "train", 5, seed=0), photo_folder(root / "test", 3, seed=7)
+    return tuple(image_folder(root / part, PHOTO_CLASSES, per_class, seed, size=224,
+                              suffix=".jpg") for part, per_class, seed in
+                 (("train", 5, 0), ("test", 3, 7)))
 
 
 def test_convert_writes_an_int8_base_calibrated_on_the_shipped_images(converted):
