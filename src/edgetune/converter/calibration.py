@@ -15,6 +15,7 @@ from importlib import resources
 import numpy as np
 
 from edgetune.errors import EdgetuneError
+from edgetune.inputs.image import load_image
 
 __all__ = ["SHIPPED_PHOTOS", "describe", "shipped_images"]
 
@@ -28,12 +29,11 @@ SHIPPED_PHOTOS = (
 CROP_SEED = 0  # the crops are the same on every machine: the same int8 base
 
 
-def shipped_images() -> list:
-    """RGB PIL images: each shipped picture whole, then one crop of each (half to four
-    fifths of its short side, at a fixed seed). Raises EdgetuneError when scikit-image
-    is not installed, naming the ways out."""
-    from PIL import Image
-
+def shipped_images() -> list[np.ndarray]:
+    """uint8 RGB arrays: each shipped picture whole, then one crop of each (half to four
+    fifths of its short side, at a fixed seed), read as the device reads images
+    (edgetune.inputs.image.load_image: alpha on white, grey to three channels). Raises
+    EdgetuneError when scikit-image is not installed, naming the ways out."""
     try:
         folder = resources.files("skimage.data")
     except ModuleNotFoundError:
@@ -42,18 +42,15 @@ def shipped_images() -> list:
             "installed: pip install 'edgetune[build]' (it carries scikit-image), or give "
             "your own images (edgetune convert --quantize CALIB_DIR), or build without an "
             "int8 base (--no-quantize)") from None
-    whole = []
-    for name in SHIPPED_PHOTOS:
-        with Image.open(folder / name) as image:
-            whole.append(_rgb(image))
+    whole = [load_image(folder / name) for name in SHIPPED_PHOTOS]
     rng = np.random.default_rng(CROP_SEED)
     crops = []
     for image in whole:
-        width, height = image.size
+        height, width = image.shape[:2]
         side = int(min(width, height) * rng.uniform(0.5, 0.8))
         left = int(rng.integers(0, width - side + 1))
         top = int(rng.integers(0, height - side + 1))
-        crops.append(image.crop((left, top, left + side, top + side)))
+        crops.append(image[top:top + side, left:left + side])
     return whole + crops
 
 
@@ -62,13 +59,3 @@ def describe(count: int) -> str:
     return (f"the {count} images that ship with edgetune (scikit-image's "
             f"{len(SHIPPED_PHOTOS)} sample pictures, whole and cropped)")
 
-
-def _rgb(image):
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA", "P"):  # transparent parts on white, as a page shows them
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        background.alpha_composite(image)
-        image = background
-    return image.convert("RGB")
